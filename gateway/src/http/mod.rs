@@ -1,0 +1,51 @@
+//! The REST surface (axum): routes, authorization, Lavalink's headers and error shape.
+
+mod auth;
+pub mod error;
+mod info;
+
+pub use error::ApiError;
+
+use crate::config::Config;
+use axum::http::{HeaderName, HeaderValue};
+use axum::response::Response;
+use axum::routing::get;
+use axum::{middleware, Router};
+use std::sync::Arc;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub password: Arc<str>,
+}
+
+impl AppState {
+    pub fn new(config: Arc<Config>) -> Self {
+        let password = config.lavalink.server.password.as_str().into();
+        Self { config, password }
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let authorized = Router::new()
+        .route("/v4/info", get(info::info))
+        .fallback(not_found)
+        // `layer` (not `route_layer`) so unknown paths need the password too, as in Lavalink.
+        .layer(middleware::from_fn_with_state(state.clone(), auth::require_password));
+    Router::new()
+        .route("/version", get(info::version))
+        .merge(authorized)
+        .layer(middleware::from_fn(error::error_body))
+        .layer(middleware::map_response(api_version_header))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("Not Found")
+}
+
+async fn api_version_header(mut res: Response) -> Response {
+    res.headers_mut().insert(HeaderName::from_static("lavalink-api-version"), HeaderValue::from_static("4"));
+    res
+}

@@ -1,0 +1,92 @@
+//! Caldera's gateway: the process Lavalink clients talk to. It owns everything a client can see
+//! and supervises the worker processes that own the audio (ARCHITECTURE: Processes).
+
+pub mod config;
+pub mod http;
+pub mod supervisor;
+
+use config::Loaded;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use supervisor::{Supervisor, SupervisorConfig};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+/// How long startup waits for every worker's hello before serving with those it has.
+const WORKERS_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Supervisor(#[from] supervisor::SupervisorError),
+    #[error("cannot listen on {addr}: {source}; Hint: is another node using the port? set server.port or SERVER_PORT")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("HTTP server failed: {0}")]
+    Serve(std::io::Error),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Runs the node until SIGTERM/SIGINT: workers first, then the listener, then a clean stop.
+pub async fn run(loaded: Loaded) -> Result<(), GatewayError> {
+    let config = Arc::new(loaded.config);
+    let stop = CancellationToken::new();
+    spawn_signal_listener(stop.clone())?;
+
+    // Phase 1: workers. The listener opens only once they said hello.
+    let workers = config.caldera.workers;
+    let supervisor = Supervisor::start(SupervisorConfig::new(workers, config.worker_binary()))?;
+    let ready = tokio::select! {
+        n = supervisor.wait_ready(WORKERS_READY_TIMEOUT) => n,
+        _ = stop.cancelled() => {
+            supervisor.shutdown(Supervisor::grace()).await;
+            return Ok(());
+        }
+    };
+    let pids: Vec<String> = supervisor.workers().iter().filter_map(|w| w.pid).map(|p| p.to_string()).collect();
+    if ready < workers {
+        error!(ready, wanted = workers, "not every worker started; serving with reduced capacity");
+    }
+    info!(workers = ready, pids = %pids.join(","), "workers ready");
+
+    // Phase 2: serve.
+    let addr = SocketAddr::new(config.server.address, config.server.port);
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| GatewayError::Bind { addr, source })?;
+    let local = listener.local_addr().map_err(GatewayError::Serve)?;
+    // Tests and operators read this line to learn the port (server.port 0 picks one).
+    info!("listening on {local}");
+    let app = http::router(http::AppState::new(config.clone()));
+    let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(stop.clone().cancelled_owned())
+        .await;
+
+    // Phase 3: stop workers, exit.
+    info!("shutting down");
+    supervisor.shutdown(Supervisor::grace()).await;
+    served.map_err(GatewayError::Serve)?;
+    info!("stopped");
+    Ok(())
+}
+
+fn spawn_signal_listener(stop: CancellationToken) -> Result<(), GatewayError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(GatewayError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(GatewayError::Signals)?;
+    tokio::spawn(async move {
+        let which = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        info!(signal = which, "stop requested");
+        stop.cancel();
+        // A second signal while stopping means "now".
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        warn!("second stop signal: exiting immediately");
+        std::process::exit(1);
+    });
+    Ok(())
+}

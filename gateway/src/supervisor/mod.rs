@@ -1,0 +1,191 @@
+//! The supervisor: spawns the worker processes, admits only its own, pings them, kills the ones
+//! that hang, respawns the ones that die (with backoff), and stops them at shutdown.
+
+mod ipc;
+mod slot;
+mod spawn;
+
+pub use ipc::{HandshakeError, RuntimeDir, HELLO_TIMEOUT};
+pub use slot::{Backoff, WorkerState, WorkerStatus};
+
+use caldera_protocol::ToWorker;
+use spawn::{SpawnSpec, Spawner};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, info_span, warn, Instrument};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("worker binary {0} does not exist or is not executable; Hint: build it (`cargo build --release`) or set caldera.workerBinary")]
+    WorkerBinary(PathBuf),
+    #[error("cannot create the IPC runtime directory: {0}; Hint: set RUNTIME_DIRECTORY or XDG_RUNTIME_DIR to a writable directory")]
+    RuntimeDir(std::io::Error),
+    #[error("cannot listen on the IPC socket {path}: {source}")]
+    Listen { path: PathBuf, source: std::io::Error },
+    #[error("cannot start the spawner thread: {0}")]
+    Spawner(std::io::Error),
+}
+
+#[derive(Debug, Clone)]
+pub struct SupervisorConfig {
+    pub workers: usize,
+    pub worker_binary: PathBuf,
+    pub ping_interval: Duration,
+    /// A worker that has not answered a ping for this long is killed.
+    pub ping_timeout: Duration,
+    /// How long a spawned worker may take to connect and say hello.
+    pub hello_timeout: Duration,
+}
+
+impl SupervisorConfig {
+    pub fn new(workers: usize, worker_binary: PathBuf) -> Self {
+        Self {
+            workers,
+            worker_binary,
+            ping_interval: Duration::from_secs(1),
+            ping_timeout: Duration::from_secs(5),
+            hello_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// State shared by the slots and readers of worker status.
+pub(crate) struct Shared {
+    pub config: SupervisorConfig,
+    pub spawner: Spawner,
+    pub pending: ipc::PendingSpawns,
+    pub socket_path: PathBuf,
+    pub status: Mutex<Vec<WorkerStatus>>,
+    pub outbound: Mutex<Vec<Option<mpsc::Sender<ToWorker>>>>,
+    pub changed: watch::Sender<u64>,
+}
+
+impl Shared {
+    pub fn update(&self, worker_id: u32, f: impl FnOnce(&mut WorkerStatus)) {
+        {
+            let mut all = self.status.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(s) = all.get_mut(worker_id as usize) {
+                f(s);
+            }
+        }
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    pub fn set_outbound(&self, worker_id: u32, tx: Option<mpsc::Sender<ToWorker>>) {
+        let mut all = self.outbound.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = all.get_mut(worker_id as usize) {
+            *slot = tx;
+        }
+    }
+
+    /// The environment a worker gets; everything else is cleared.
+    pub fn spawn_spec(&self, worker_id: u32, token: &str) -> SpawnSpec {
+        let mut env: Vec<(String, OsString)> = vec![
+            ("CALDERA_IPC_SOCKET".into(), self.socket_path.clone().into_os_string()),
+            ("CALDERA_WORKER_TOKEN".into(), token.into()),
+            ("CALDERA_WORKER_ID".into(), worker_id.to_string().into()),
+            ("CALDERA_GATEWAY_PID".into(), std::process::id().to_string().into()),
+        ];
+        for key in ["RUST_LOG", "RUST_BACKTRACE", "SSL_CERT_FILE", "SSL_CERT_DIR", "NO_COLOR"] {
+            if let Some(v) = std::env::var_os(key) {
+                env.push((key.into(), v));
+            }
+        }
+        SpawnSpec { binary: self.config.worker_binary.clone(), env }
+    }
+}
+
+pub struct Supervisor {
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+    _runtime_dir: RuntimeDir,
+}
+
+impl Supervisor {
+    /// Creates the IPC socket and starts one slot per worker. Returns at once; see [`Self::wait_ready`].
+    pub fn start(config: SupervisorConfig) -> Result<Self, SupervisorError> {
+        if !is_executable(&config.worker_binary) {
+            return Err(SupervisorError::WorkerBinary(config.worker_binary.clone()));
+        }
+        let runtime_dir = RuntimeDir::create().map_err(SupervisorError::RuntimeDir)?;
+        let socket_path = runtime_dir.socket_path();
+        let listener = UnixListener::bind(&socket_path)
+            .map_err(|source| SupervisorError::Listen { path: socket_path.clone(), source })?;
+        info!(socket = %socket_path.display(), "IPC socket ready");
+        let spawner = Spawner::start().map_err(SupervisorError::Spawner)?;
+        let n = config.workers;
+        let shared = Arc::new(Shared {
+            config,
+            spawner,
+            pending: ipc::PendingSpawns::default(),
+            socket_path,
+            status: Mutex::new((0..n as u32).map(WorkerStatus::new).collect()),
+            outbound: Mutex::new(vec![None; n]),
+            changed: watch::Sender::new(0),
+        });
+        let cancel = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        tasks.spawn(
+            ipc::accept_loop(listener, shared.pending.clone(), cancel.child_token())
+                .instrument(info_span!("ipc_accept")),
+        );
+        for id in 0..n as u32 {
+            tasks.spawn(
+                slot::run(shared.clone(), id, cancel.child_token()).instrument(info_span!("worker", id)),
+            );
+        }
+        tasks.close();
+        Ok(Self { shared, cancel, tasks, _runtime_dir: runtime_dir })
+    }
+
+    /// Waits until every worker has said hello, or `timeout`. Returns how many are ready.
+    pub async fn wait_ready(&self, timeout: Duration) -> usize {
+        let mut rx = self.shared.changed.subscribe();
+        let want = self.shared.config.workers;
+        let ready = || self.workers().iter().filter(|w| w.state == WorkerState::Ready).count();
+        let _ = tokio::time::timeout(timeout, async {
+            while ready() < want {
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+        ready()
+    }
+
+    /// A snapshot of every worker slot.
+    pub fn workers(&self) -> Vec<WorkerStatus> {
+        self.shared.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn socket_path(&self) -> &Path {
+        &self.shared.socket_path
+    }
+
+    /// Asks every worker to stop, waits up to `grace`, then kills what is left.
+    pub async fn shutdown(self, grace: Duration) {
+        info!("stopping workers");
+        self.cancel.cancel();
+        // Slots send Shutdown and wait `grace` themselves before killing; allow a little more.
+        if tokio::time::timeout(grace + Duration::from_secs(2), self.tasks.wait()).await.is_err() {
+            warn!("some worker slots did not stop in time");
+        }
+    }
+
+    pub(crate) fn grace() -> Duration {
+        slot::SHUTDOWN_GRACE
+    }
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+}

@@ -1,0 +1,361 @@
+//! One worker slot: spawn → hello → serve (ping, read) → exit → backoff → spawn again.
+
+use super::ipc::WorkerConn;
+use super::spawn::{self, SpawnedChild};
+use super::Shared;
+use caldera_protocol::{build, GatewayHello, ResourceReport, Severity, ToGateway, ToWorker};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+/// How long a worker may take to exit after `Shutdown` before it is killed.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// A worker that stayed up this long is considered healthy again: its backoff resets.
+const HEALTHY_AFTER: Duration = Duration::from_secs(60);
+const OUTBOUND_QUEUE: usize = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerState {
+    Starting,
+    Ready,
+    /// Waiting before the next respawn.
+    Backoff,
+    Stopped,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerStatus {
+    pub worker_id: u32,
+    pub pid: Option<u32>,
+    pub state: WorkerState,
+    /// Times this slot's worker exited or was killed (not counting shutdown).
+    pub restarts: u64,
+    /// When the current worker said hello.
+    pub ready_since: Option<Instant>,
+    pub last_ping_rtt: Option<Duration>,
+    /// Pings sent and not answered yet.
+    pub missed_pings: u64,
+    pub resources: Option<ResourceReport>,
+    pub last_exit: Option<String>,
+}
+
+impl WorkerStatus {
+    pub fn new(worker_id: u32) -> Self {
+        Self {
+            worker_id,
+            pid: None,
+            state: WorkerState::Starting,
+            restarts: 0,
+            ready_since: None,
+            last_ping_rtt: None,
+            missed_pings: 0,
+            resources: None,
+            last_exit: None,
+        }
+    }
+}
+
+/// Exponential backoff between respawns: 500 ms doubling to a 30 s cap, reset once healthy.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const START: Duration = Duration::from_millis(500);
+    const CAP: Duration = Duration::from_secs(30);
+
+    pub fn new() -> Self {
+        Self { next: Self::START }
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(Self::CAP);
+        d
+    }
+
+    pub fn reset(&mut self) {
+        self.next = Self::START;
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+enum Outcome {
+    /// The gateway is shutting down; the worker has been stopped.
+    Shutdown,
+    /// The worker is gone; `healthy` says whether it ran long enough to reset the backoff.
+    Ended { healthy: bool },
+}
+
+pub async fn run(shared: Arc<Shared>, id: u32, cancel: CancellationToken) {
+    let mut backoff = Backoff::new();
+    while !cancel.is_cancelled() {
+        match run_once(&shared, id, &cancel).await {
+            Outcome::Shutdown => break,
+            Outcome::Ended { healthy } => {
+                if healthy {
+                    backoff.reset();
+                }
+                let delay = backoff.next_delay();
+                shared.update(id, |s| {
+                    s.state = WorkerState::Backoff;
+                    s.restarts += 1;
+                    s.pid = None;
+                    s.ready_since = None;
+                });
+                info!(delay_ms = delay.as_millis() as u64, "respawning worker after backoff");
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+    shared.set_outbound(id, None);
+    shared.update(id, |s| {
+        s.state = WorkerState::Stopped;
+        s.pid = None;
+    });
+}
+
+async fn run_once(shared: &Arc<Shared>, id: u32, cancel: &CancellationToken) -> Outcome {
+    shared.update(id, |s| s.state = WorkerState::Starting);
+    let (token, conn_rx) = shared.pending.register();
+    let child = match shared.spawner.spawn(shared.spawn_spec(id, &token)).await {
+        Ok(c) => c,
+        Err(e) => {
+            shared.pending.forget(&token);
+            error!(error = %e, binary = %shared.config.worker_binary.display(), "cannot start worker process");
+            shared.update(id, |s| s.last_exit = Some(format!("spawn failed: {e}")));
+            return Outcome::Ended { healthy: false };
+        }
+    };
+    let SpawnedChild { pid, mut exited } = child;
+    shared.update(id, |s| s.pid = Some(pid));
+
+    let conn = tokio::select! {
+        r = tokio::time::timeout(shared.config.hello_timeout, conn_rx) => match r {
+            Ok(Ok(conn)) => Some(conn),
+            _ => {
+                warn!(pid, timeout = ?shared.config.hello_timeout, "worker did not say hello in time; killing it");
+                None
+            }
+        },
+        status = &mut exited => {
+            shared.pending.forget(&token);
+            let why = status.map(|s| spawn::describe(&s)).unwrap_or_else(|_| "unknown exit".into());
+            error!(pid, exit = %why, "worker exited before saying hello");
+            shared.update(id, |s| s.last_exit = Some(why));
+            return Outcome::Ended { healthy: false };
+        }
+        _ = cancel.cancelled() => None,
+    };
+    shared.pending.forget(&token);
+    let Some(conn) = conn else {
+        spawn::kill(pid);
+        let _ = exited.await;
+        return if cancel.is_cancelled() { Outcome::Shutdown } else { Outcome::Ended { healthy: false } };
+    };
+    if conn.peer_pid != Some(pid as i32) {
+        // The token leaked to another process: refuse it and start over with a fresh one.
+        error!(pid, peer_pid = ?conn.peer_pid, "IPC hello with this worker's token came from another process");
+        spawn::kill(pid);
+        let _ = exited.await;
+        return Outcome::Ended { healthy: false };
+    }
+    serve(shared, id, pid, conn, exited, cancel).await
+}
+
+/// Ping bookkeeping shared between the pinger and the reader.
+#[derive(Debug)]
+struct PingState {
+    sent_seq: u64,
+    sent_at: Instant,
+    answered_seq: u64,
+    answered_at: Instant,
+}
+
+async fn serve(
+    shared: &Arc<Shared>,
+    id: u32,
+    pid: u32,
+    conn: WorkerConn,
+    mut exited: tokio::sync::oneshot::Receiver<std::process::ExitStatus>,
+    cancel: &CancellationToken,
+) -> Outcome {
+    let WorkerConn { hello, reader, mut writer, .. } = conn;
+    let reply = ToWorker::Hello(GatewayHello {
+        protocol_version: build::PROTOCOL_VERSION,
+        build_id: build::BUILD_ID.into(),
+        worker_id: id,
+        pid: std::process::id(),
+    });
+    if let Err(e) = writer.send(&reply).await {
+        warn!(pid, error = %e, "could not answer the worker's hello");
+    }
+    let started = Instant::now();
+    info!(pid, worker_pid = hello.pid, "worker ready");
+    let (tx, mut rx) = mpsc::channel::<ToWorker>(OUTBOUND_QUEUE);
+    shared.set_outbound(id, Some(tx.clone()));
+    shared.update(id, |s| {
+        s.state = WorkerState::Ready;
+        s.ready_since = Some(started);
+        s.missed_pings = 0;
+        s.last_exit = None;
+    });
+
+    let pings = Arc::new(Mutex::new(PingState {
+        sent_seq: 0,
+        sent_at: started,
+        answered_seq: 0,
+        answered_at: started,
+    }));
+    // Writer and reader are their own tasks (the frame reader is not cancel-safe); both are
+    // aborted when this function returns.
+    let writer_task = AbortOnDrop(tokio::spawn(async move {
+        while let Some(msg) = rx.recv().await {
+            if writer.send(&msg).await.is_err() {
+                break;
+            }
+        }
+        let _ = writer.shutdown().await;
+    }));
+    let mut reader_task = AbortOnDrop(tokio::spawn(read_loop(shared.clone(), id, reader, pings.clone())));
+
+    let mut ticker = tokio::time::interval(shared.config.ping_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let outcome = loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                let (silent_for, unanswered, seq) = {
+                    let mut p = pings.lock().unwrap_or_else(|e| e.into_inner());
+                    let silent_for = p.answered_at.elapsed();
+                    p.sent_seq += 1;
+                    p.sent_at = Instant::now();
+                    (silent_for, p.sent_seq - 1 - p.answered_seq, p.sent_seq)
+                };
+                shared.update(id, |s| s.missed_pings = unanswered);
+                if silent_for > shared.config.ping_timeout {
+                    error!(pid, silent_ms = silent_for.as_millis() as u64, "worker stopped answering pings; killing it");
+                    shared.update(id, |s| s.last_exit = Some("killed: missed pings".into()));
+                    spawn::kill(pid);
+                    break Outcome::Ended { healthy: false };
+                }
+                // A full queue means the worker is not reading: the ping timeout will catch it.
+                let _ = tx.try_send(ToWorker::Ping { seq });
+            }
+            r = &mut reader_task.0 => {
+                let why = r.unwrap_or_else(|e| format!("reader task failed: {e}"));
+                warn!(pid, reason = %why, "worker connection ended");
+                break Outcome::Ended { healthy: started.elapsed() >= HEALTHY_AFTER };
+            }
+            status = &mut exited => {
+                let why = status.map(|s| spawn::describe(&s)).unwrap_or_else(|_| "unknown exit".into());
+                error!(pid, exit = %why, "worker exited");
+                shared.update(id, |s| s.last_exit = Some(why));
+                shared.set_outbound(id, None);
+                return Outcome::Ended { healthy: started.elapsed() >= HEALTHY_AFTER };
+            }
+            _ = cancel.cancelled() => {
+                let _ = tx.try_send(ToWorker::Shutdown { reason: "gateway shutting down".into() });
+                break Outcome::Shutdown;
+            }
+        }
+    };
+    shared.set_outbound(id, None);
+    drop(tx);
+    // Give the worker its grace period to exit, then make sure it is gone and reaped.
+    let grace = if matches!(outcome, Outcome::Shutdown) { SHUTDOWN_GRACE } else { Duration::from_millis(500) };
+    match tokio::time::timeout(grace, &mut exited).await {
+        Ok(status) => {
+            let why = status.map(|s| spawn::describe(&s)).unwrap_or_else(|_| "unknown exit".into());
+            info!(pid, exit = %why, "worker process ended");
+            if !matches!(outcome, Outcome::Shutdown) {
+                shared.update(id, |s| s.last_exit = s.last_exit.clone().or(Some(why)));
+            }
+        }
+        Err(_) => {
+            warn!(pid, "worker did not exit in time; killing it");
+            spawn::kill(pid);
+            let _ = exited.await;
+        }
+    }
+    drop(writer_task);
+    outcome
+}
+
+/// Reads frames until the connection ends; returns why it ended.
+async fn read_loop(
+    shared: Arc<Shared>,
+    id: u32,
+    mut reader: caldera_protocol::channel::FrameReader<ToGateway, tokio::net::unix::OwnedReadHalf>,
+    pings: Arc<Mutex<PingState>>,
+) -> String {
+    loop {
+        let msg = match reader.recv().await {
+            Ok(Some(m)) => m,
+            Ok(None) => return "worker closed the connection".into(),
+            // A worker that sends a malformed frame is broken or compromised: drop it.
+            Err(e) => return format!("invalid frame from worker: {e}"),
+        };
+        match msg {
+            ToGateway::Pong { seq } => {
+                let rtt = {
+                    let mut p = pings.lock().unwrap_or_else(|e| e.into_inner());
+                    if seq > p.sent_seq || seq <= p.answered_seq {
+                        None
+                    } else {
+                        p.answered_seq = seq;
+                        p.answered_at = Instant::now();
+                        (seq == p.sent_seq).then(|| p.sent_at.elapsed())
+                    }
+                };
+                if let Some(rtt) = rtt {
+                    shared.update(id, |s| {
+                        s.last_ping_rtt = Some(rtt);
+                        s.missed_pings = 0;
+                    });
+                }
+            }
+            ToGateway::Resources(r) => shared.update(id, |s| s.resources = Some(r)),
+            ToGateway::Log { severity, message } => {
+                let message: String = message.chars().take(2000).collect();
+                match severity {
+                    Severity::Warn => warn!(target: "caldera_worker", worker = id, "{message}"),
+                    Severity::Error => error!(target: "caldera_worker", worker = id, "{message}"),
+                }
+            }
+            ToGateway::Hello(_) => return "worker sent a second hello".into(),
+        }
+    }
+}
+
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_a_cap_and_resets() {
+        let mut b = Backoff::new();
+        let delays: Vec<_> = (0..10).map(|_| b.next_delay().as_millis()).collect();
+        assert_eq!(delays, [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000, 30000]);
+        b.reset();
+        assert_eq!(b.next_delay(), Duration::from_millis(500));
+    }
+}

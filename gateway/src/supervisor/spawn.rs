@@ -1,0 +1,99 @@
+//! Spawning worker processes from one long-lived thread.
+//!
+//! `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits, not the process. tokio's
+//! blocking-pool threads come and go, so every fork happens on this dedicated thread, which lives
+//! as long as the gateway. Each child is reaped by its own waiter thread (no zombies).
+
+use nix::sys::signal::Signal;
+use std::ffi::OsString;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use tokio::sync::oneshot;
+
+/// What a worker process needs to be started with. Its environment is cleared first.
+#[derive(Debug, Clone)]
+pub struct SpawnSpec {
+    pub binary: PathBuf,
+    pub env: Vec<(String, OsString)>,
+}
+
+/// A running child: its pid and a receiver that resolves once it has exited and been reaped.
+#[derive(Debug)]
+pub struct SpawnedChild {
+    pub pid: u32,
+    pub exited: oneshot::Receiver<ExitStatus>,
+}
+
+struct Request {
+    spec: SpawnSpec,
+    reply: oneshot::Sender<std::io::Result<SpawnedChild>>,
+}
+
+/// Handle to the spawner thread. Cloneable; the thread ends when every handle is dropped.
+#[derive(Clone)]
+pub struct Spawner {
+    tx: mpsc::Sender<Request>,
+}
+
+impl Spawner {
+    pub fn start() -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel::<Request>();
+        std::thread::Builder::new().name("caldera-spawner".into()).spawn(move || {
+            for req in rx {
+                let _ = req.reply.send(spawn_now(&req.spec));
+            }
+        })?;
+        Ok(Self { tx })
+    }
+
+    pub async fn spawn(&self, spec: SpawnSpec) -> std::io::Result<SpawnedChild> {
+        let (reply, rx) = oneshot::channel();
+        let gone = || std::io::Error::other("spawner thread has stopped");
+        self.tx.send(Request { spec, reply }).map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+}
+
+fn spawn_now(spec: &SpawnSpec) -> std::io::Result<SpawnedChild> {
+    let mut cmd = Command::new(&spec.binary);
+    cmd.env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit());
+    // SAFETY: the closure runs in the forked child before exec and only makes the async-signal-safe
+    // prctl(2) syscall; it touches no locks or allocations.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    let pid = child.id();
+    let (tx, exited) = oneshot::channel();
+    std::thread::Builder::new().name(format!("caldera-reap-{pid}")).spawn(move || {
+        let status = child.wait().unwrap_or_else(|_| ExitStatus::from_raw(0));
+        let _ = tx.send(status);
+    })?;
+    Ok(SpawnedChild { pid, exited })
+}
+
+/// Sends SIGKILL to a child that has not been reaped yet.
+pub fn kill(pid: u32) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
+}
+
+/// "exit code 3" / "killed by SIGKILL" for logs.
+pub fn describe(status: &ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(sig)) => match Signal::try_from(sig) {
+            Ok(s) => format!("killed by {s}"),
+            Err(_) => format!("killed by signal {sig}"),
+        },
+        _ => "unknown exit".into(),
+    }
+}

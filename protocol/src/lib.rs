@@ -1,0 +1,14 @@
+//! caldera-protocol: the only thing the gateway and its workers share.
+//!
+//! Data and codec only (STYLE §1): the IPC messages ([`messages`]), their framing ([`frame`]) and
+//! build identity ([`build`]). The tokio adapter sits behind the `tokio` feature.
+
+pub mod build;
+pub mod frame;
+pub mod messages;
+
+#[cfg(feature = "tokio")]
+pub mod channel;
+
+pub use frame::{FrameDecoder, FrameError, HELLO_MAX_FRAME_LEN, MAX_FRAME_LEN};
+pub use messages::*;

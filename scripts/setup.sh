@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what building and testing Caldera needs on a fresh Debian machine (idempotent).
+# - cmake + a C toolchain: libopus is compiled from source by libopus_sys (songbird, opus2).
+# - python3 + pip: the client-compatibility tests use the real `lavalink` package from PyPI.
+set -euo pipefail
+
+need_apt=()
+command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
+command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
+command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
+command -v git >/dev/null 2>&1 || need_apt+=(git)
+
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+  echo "setup: installing ${need_apt[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo is missing; install the Rust toolchain (rustup) first" >&2
+  exit 1
+fi

@@ -1,0 +1,42 @@
+//! Just enough `/proc` reading for tests about processes.
+
+/// `(ppid, state, comm)` of a process, `None` if it does not exist.
+pub fn stat(pid: u32) -> Option<(u32, char, String)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text[open + 1..close].to_string();
+    let mut rest = text[close + 1..].split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    let ppid = rest.next()?.parse().ok()?;
+    Some((ppid, state, comm))
+}
+
+/// Whether the process exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    matches!(stat(pid), Some((_, state, _)) if state != 'Z' && state != 'X')
+}
+
+/// Live children of `parent` whose command name is `comm`.
+pub fn live_children(parent: u32, comm: &str) -> Vec<u32> {
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            matches!(stat(pid), Some((ppid, state, c)) if ppid == parent && c == comm && state != 'Z' && state != 'X')
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// The environment variable names of a process.
+pub fn env_keys(pid: u32) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    raw.split(|b| *b == 0)
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| String::from_utf8_lossy(kv.split(|b| *b == b'=').next().unwrap_or_default()).into_owned())
+        .collect()
+}

@@ -1,0 +1,104 @@
+//! The worker's side of the IPC: connect, hello, then answer the gateway until told to stop.
+
+use crate::{process, WorkerConfig};
+use caldera_protocol::channel::{FrameReader, FrameWriter};
+use caldera_protocol::{build, FrameError, ToGateway, ToWorker, WorkerHello, MAX_FRAME_LEN};
+use std::time::Duration;
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+use tracing::{debug, info};
+
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+const RESOURCE_INTERVAL: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum IpcError {
+    #[error("cannot connect to the gateway at {path}: {source}")]
+    Connect { path: String, source: std::io::Error },
+    #[error("IPC with the gateway failed: {0}")]
+    Frame(#[from] FrameError),
+    #[error("the gateway did not answer our hello")]
+    NoHello,
+    #[error("the gateway speaks protocol {theirs}/{theirs_build}, we speak {ours}/{ours_build}")]
+    Mismatch { ours: u32, theirs: u32, ours_build: &'static str, theirs_build: String },
+}
+
+pub async fn serve(config: WorkerConfig) -> Result<(), IpcError> {
+    let stream = UnixStream::connect(&config.socket)
+        .await
+        .map_err(|source| IpcError::Connect { path: config.socket.display().to_string(), source })?;
+    let (read, write) = stream.into_split();
+    let mut reader = FrameReader::<ToWorker, _>::new(read, MAX_FRAME_LEN);
+    let mut writer = FrameWriter::<ToGateway, _>::new(write, MAX_FRAME_LEN);
+    writer
+        .send(&ToGateway::Hello(WorkerHello {
+            protocol_version: build::PROTOCOL_VERSION,
+            build_id: build::BUILD_ID.into(),
+            worker_id: config.worker_id,
+            pid: std::process::id(),
+            token: config.token.clone(),
+        }))
+        .await?;
+    match tokio::time::timeout(HELLO_TIMEOUT, reader.recv()).await {
+        Ok(Ok(Some(ToWorker::Hello(h)))) => {
+            if h.protocol_version != build::PROTOCOL_VERSION || h.build_id != build::BUILD_ID {
+                return Err(IpcError::Mismatch {
+                    ours: build::PROTOCOL_VERSION,
+                    theirs: h.protocol_version,
+                    ours_build: build::BUILD_ID,
+                    theirs_build: h.build_id,
+                });
+            }
+        }
+        Ok(Err(e)) => return Err(e.into()),
+        _ => return Err(IpcError::NoHello),
+    }
+    info!(worker_id = config.worker_id, "connected to gateway");
+
+    // One writer task owns the socket's write half; everything else sends through `out`.
+    let (out, mut out_rx) = mpsc::channel::<ToGateway>(1024);
+    let writer_task = tokio::spawn(async move {
+        while let Some(msg) = out_rx.recv().await {
+            if writer.send(&msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    let reporter = {
+        let out = out.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(RESOURCE_INTERVAL);
+            loop {
+                tick.tick().await;
+                if out.send(ToGateway::Resources(process::resources())).await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+
+    let result = loop {
+        match reader.recv().await {
+            Ok(Some(ToWorker::Ping { seq })) => {
+                if out.send(ToGateway::Pong { seq }).await.is_err() {
+                    break Ok(());
+                }
+            }
+            Ok(Some(ToWorker::Shutdown { reason })) => {
+                info!(%reason, "shutdown requested");
+                break Ok(());
+            }
+            Ok(Some(ToWorker::Hello(_))) => debug!("ignoring a second hello"),
+            // The gateway is gone: nothing to serve any more.
+            Ok(None) => {
+                info!("gateway closed the connection");
+                break Ok(());
+            }
+            Err(e) => break Err(IpcError::Frame(e)),
+        }
+    };
+    reporter.abort();
+    drop(out);
+    let _ = tokio::time::timeout(Duration::from_secs(1), writer_task).await;
+    result
+}

@@ -1,0 +1,64 @@
+//! caldera-worker as a library (STYLE §5): `run(config)` is the whole worker; the binary is a thin
+//! `main`. The worker connects to its gateway, proves it was spawned by it, then serves requests.
+
+mod ipc;
+mod process;
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("environment variable {0} is missing; Hint: caldera-worker is started by the caldera gateway, not by hand")]
+    MissingEnv(&'static str),
+    #[error("environment variable {name} has an invalid value `{value}`")]
+    InvalidEnv { name: &'static str, value: String },
+    #[error("the gateway (pid {expected}) is not our parent (parent is {actual}); exiting")]
+    ParentGone { expected: i32, actual: i32 },
+    #[error("cannot set the parent-death signal: {0}")]
+    ParentDeathSignal(nix::Error),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error(transparent)]
+    Ipc(#[from] ipc::IpcError),
+}
+
+/// What the gateway hands a worker through its (otherwise empty) environment.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub socket: PathBuf,
+    pub token: String,
+    pub worker_id: u32,
+    pub gateway_pid: i32,
+}
+
+impl WorkerConfig {
+    pub fn from_env() -> Result<Self, WorkerError> {
+        fn get(name: &'static str) -> Result<String, WorkerError> {
+            std::env::var(name).map_err(|_| WorkerError::MissingEnv(name))
+        }
+        fn parse<T: std::str::FromStr>(name: &'static str) -> Result<T, WorkerError> {
+            let value = get(name)?;
+            value.parse().map_err(|_| WorkerError::InvalidEnv { name, value })
+        }
+        Ok(Self {
+            socket: get("CALDERA_IPC_SOCKET")?.into(),
+            token: get("CALDERA_WORKER_TOKEN")?,
+            worker_id: parse("CALDERA_WORKER_ID")?,
+            gateway_pid: parse("CALDERA_GATEWAY_PID")?,
+        })
+    }
+}
+
+/// Runs the worker to completion. Process-wide setup happens here, before the runtime starts any
+/// thread (STYLE §6).
+pub fn run(config: WorkerConfig) -> Result<(), WorkerError> {
+    process::die_with_parent(config.gateway_pid)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name(format!("caldera-worker-{}", config.worker_id))
+        .build()
+        .map_err(WorkerError::Runtime)?;
+    runtime.block_on(ipc::serve(config))?;
+    Ok(())
+}

@@ -1,0 +1,45 @@
+//! Facts about this process: tying its life to the gateway's, and its resource figures.
+
+use crate::WorkerError;
+use caldera_protocol::ResourceReport;
+use nix::sys::signal::Signal;
+
+/// Die with the gateway: SIGKILL on parent death, then make sure the parent is still the gateway
+/// (it may have died before the signal was armed, leaving us re-parented).
+pub fn die_with_parent(gateway_pid: i32) -> Result<(), WorkerError> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(WorkerError::ParentDeathSignal)?;
+    let actual = nix::unistd::getppid().as_raw();
+    if actual != gateway_pid {
+        return Err(WorkerError::ParentGone { expected: gateway_pid, actual });
+    }
+    Ok(())
+}
+
+/// Reads RSS, CPU time and thread count from `/proc/self`.
+pub fn resources() -> ResourceReport {
+    let mut report = ResourceReport::default();
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        // Fields after the parenthesised command name (which may contain spaces).
+        if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            // rest starts at field 3 (state); utime=14, stime=15, num_threads=20, rss=24.
+            let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100).max(1) as u64;
+            let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(4096) as u64;
+            report.cpu_time_ms = (field(14) + field(15)) * 1000 / ticks;
+            report.threads = field(20) as u32;
+            report.rss_bytes = field(24) * page;
+        }
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_own_resources() {
+        let r = super::resources();
+        assert!(r.rss_bytes > 1024 * 1024, "{r:?}");
+        assert!(r.threads >= 1, "{r:?}");
+    }
+}
