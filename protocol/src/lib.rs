@@ -6,9 +6,11 @@
 pub mod build;
 pub mod frame;
 pub mod messages;
+pub mod track;
 
 #[cfg(feature = "tokio")]
 pub mod channel;
 
 pub use frame::{FrameDecoder, FrameError, HELLO_MAX_FRAME_LEN, MAX_FRAME_LEN};
 pub use messages::*;
+pub use track::{TrackData, TrackError, TrackInfo};
