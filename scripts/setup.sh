@@ -18,6 +18,13 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
+# Real Lavalink client libraries used by the compatibility tests, pinned.
+if ! python3 -c 'import lavalink, sys; sys.exit(lavalink.__version__ != "5.11.1")' 2>/dev/null; then
+  echo "setup: installing the lavalink Python client"
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore "lavalink==5.11.1" \
+    || python3 -m pip install -q --disable-pip-version-check --break-system-packages "lavalink==5.11.1"
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo is missing; install the Rust toolchain (rustup) first" >&2
   exit 1

@@ -259,6 +259,10 @@ pub struct CalderaConfig {
     pub players_per_worker: usize,
     /// Path of `caldera-worker`; default: next to the gateway executable.
     pub worker_binary: Option<PathBuf>,
+    /// Directories the `local` source may read (absolute paths). Empty: no local file loads.
+    pub local_directories: Vec<PathBuf>,
+    /// Time allowed for loading one identifier (probing it in a worker), in milliseconds.
+    pub load_timeout_ms: u64,
 }
 
 impl Default for CalderaConfig {
@@ -267,6 +271,8 @@ impl Default for CalderaConfig {
             workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             players_per_worker: 500,
             worker_binary: None,
+            local_directories: Vec::new(),
+            load_timeout_ms: 20_000,
         }
     }
 }
@@ -377,6 +383,17 @@ impl Config {
         if self.lavalink.server.track_stuck_threshold_ms == 0 {
             return fail("lavalink.server.trackStuckThresholdMs", "must be at least 1 ms".into());
         }
+        if !(1000..=600_000).contains(&self.caldera.load_timeout_ms) {
+            return fail("caldera.loadTimeoutMs", format!("must be 1000-600000, got {}", self.caldera.load_timeout_ms));
+        }
+        for dir in &self.caldera.local_directories {
+            if !dir.is_absolute() || !dir.is_dir() {
+                return fail(
+                    "caldera.localDirectories",
+                    format!("`{}` is not an absolute path to an existing directory", dir.display()),
+                );
+            }
+        }
         let endpoint = &self.metrics.prometheus.endpoint;
         if !endpoint.starts_with('/') || endpoint.len() < 2 {
             return fail(
@@ -401,6 +418,16 @@ impl Config {
             .ok()
             .and_then(|exe| exe.parent().map(|d| d.join("caldera-worker")))
             .unwrap_or_else(|| PathBuf::from("caldera-worker"))
+    }
+
+    /// The local directories, resolved (symlinks followed) as the worker compares them.
+    pub fn canonical_local_directories(&self) -> Vec<String> {
+        self.caldera
+            .local_directories
+            .iter()
+            .filter_map(|d| d.canonicalize().ok())
+            .map(|d| d.display().to_string())
+            .collect()
     }
 
     /// The tracing filter used when `RUST_LOG` is not set, from `logging.level.*`.

@@ -36,7 +36,13 @@ pub async fn run(loaded: Loaded) -> Result<(), GatewayError> {
 
     // Phase 1: workers. The listener opens only once they said hello.
     let workers = config.caldera.workers;
-    let supervisor = Supervisor::start(SupervisorConfig::new(workers, config.worker_binary()))?;
+    let mut supervisor_config = SupervisorConfig::new(workers, config.worker_binary());
+    supervisor_config.settings = caldera_protocol::WorkerSettings {
+        local_dirs: config.canonical_local_directories(),
+        load_timeout_ms: config.caldera.load_timeout_ms,
+        ..Default::default()
+    };
+    let supervisor = Arc::new(Supervisor::start(supervisor_config)?);
     let ready = tokio::select! {
         n = supervisor.wait_ready(WORKERS_READY_TIMEOUT) => n,
         _ = stop.cancelled() => {
@@ -56,7 +62,7 @@ pub async fn run(loaded: Loaded) -> Result<(), GatewayError> {
     let local = listener.local_addr().map_err(GatewayError::Serve)?;
     // Tests and operators read this line to learn the port (server.port 0 picks one).
     info!("listening on {local}");
-    let app = http::router(http::AppState::new(config.clone()));
+    let app = http::router(http::AppState::new(config.clone(), supervisor.clone()));
     let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(stop.clone().cancelled_owned())
         .await;

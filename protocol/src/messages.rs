@@ -2,6 +2,7 @@
 //! encodes the variant index); a retired variant stays as `Reserved*`. Incompatible changes bump
 //! [`crate::build::PROTOCOL_VERSION`].
 
+use crate::track::TrackData;
 use serde::{Deserialize, Serialize};
 
 /// First frame from a worker. `token` is the one-time secret the gateway handed this spawn.
@@ -38,6 +39,63 @@ pub enum Severity {
     Error,
 }
 
+/// How serious a load or playback failure is (Lavalink's `severity`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExceptionSeverity {
+    /// The cause is known and expected (e.g. a 404, a file that does not exist).
+    Common,
+    /// The cause might not be exactly known, but is possibly caused by outside factors.
+    Suspicious,
+    /// The probable cause is an issue with the node (e.g. a worker crashed).
+    Fault,
+}
+
+/// Lavalink's exception object: `{message, severity, cause}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackException {
+    pub message: String,
+    pub severity: ExceptionSeverity,
+    pub cause: String,
+}
+
+/// What a worker should load. The gateway has already picked the source from the identifier.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LoadRequest {
+    /// An http(s) URL: a media file, a stream or an M3U/PLS playlist.
+    Http { url: String },
+    /// An absolute path on this host, allowed only under [`WorkerSettings::local_dirs`].
+    Local { path: String },
+}
+
+/// Lavalink's load result (`loadType` + `data`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LoadResult {
+    Track(TrackData),
+    Playlist { name: String, selected_track: i32, tracks: Vec<TrackData> },
+    Search(Vec<TrackData>),
+    Empty,
+    Error(TrackException),
+}
+
+/// Settings the gateway sends every worker after the hello.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerSettings {
+    /// Directories the local source may read from (canonical paths); empty = none.
+    pub local_dirs: Vec<String>,
+    /// Most bytes read from one source while probing it.
+    pub max_probe_bytes: u64,
+    /// Time allowed for one load request, in milliseconds.
+    pub load_timeout_ms: u64,
+    /// Most entries of an M3U/PLS playlist that are loaded.
+    pub max_playlist_entries: u32,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self { local_dirs: Vec::new(), max_probe_bytes: 64 * 1024 * 1024, load_timeout_ms: 20_000, max_playlist_entries: 100 }
+    }
+}
+
 /// Gateway → worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ToWorker {
@@ -46,6 +104,10 @@ pub enum ToWorker {
     Ping { seq: u64 },
     /// Stop cleanly and exit.
     Shutdown { reason: String },
+    /// Sent once after the hello, and again whenever settings change.
+    Configure(WorkerSettings),
+    /// Probe an identifier; answered with [`ToGateway::Loaded`] carrying the same `id`.
+    Load { id: u64, request: LoadRequest },
 }
 
 /// Worker → gateway.
@@ -56,4 +118,5 @@ pub enum ToGateway {
     Resources(ResourceReport),
     /// Something the operator should see in the gateway's log.
     Log { severity: Severity, message: String },
+    Loaded { id: u64, result: LoadResult },
 }

@@ -1,6 +1,8 @@
 //! Test harness for end-to-end tests: starts the real `caldera` binary (which starts real
 //! `caldera-worker` processes) on a free port, and inspects processes through `/proc`.
 
+pub mod audio;
+pub mod http_server;
 pub mod procfs;
 
 use std::io::{BufRead, BufReader};
@@ -160,6 +162,19 @@ impl Node {
     /// GET with the right password.
     pub fn get(&self, path: &str) -> reqwest::blocking::Response {
         self.http.get(self.url(path)).header("Authorization", PASSWORD).send().expect("GET")
+    }
+
+    /// `GET /v4/loadtracks?identifier=...` as JSON.
+    pub fn load(&self, identifier: &str) -> serde_json::Value {
+        let res = self
+            .http
+            .get(self.url("/v4/loadtracks"))
+            .query(&[("identifier", identifier)])
+            .header("Authorization", PASSWORD)
+            .send()
+            .expect("loadtracks");
+        assert_eq!(res.status(), 200, "loadtracks {identifier}");
+        res.json().expect("loadtracks JSON")
     }
 
     pub fn client(&self) -> &reqwest::blocking::Client {

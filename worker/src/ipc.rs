@@ -2,7 +2,11 @@
 
 use crate::{process, WorkerConfig};
 use caldera_protocol::channel::{FrameReader, FrameWriter};
-use caldera_protocol::{build, FrameError, ToGateway, ToWorker, WorkerHello, MAX_FRAME_LEN};
+use caldera_protocol::{
+    build, ExceptionSeverity, FrameError, LoadRequest, LoadResult, ToGateway, ToWorker, TrackException, WorkerHello,
+    WorkerSettings, MAX_FRAME_LEN,
+};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
@@ -77,8 +81,24 @@ pub async fn serve(config: WorkerConfig) -> Result<(), IpcError> {
         })
     };
 
+    let settings = Arc::new(RwLock::new(WorkerSettings::default()));
+    let mut loads = tokio::task::JoinSet::new();
     let result = loop {
+        // Reap finished loads so the set stays small.
+        while loads.try_join_next().is_some() {}
         match reader.recv().await {
+            Ok(Some(ToWorker::Configure(s))) => {
+                debug!(?s, "settings received");
+                *settings.write().unwrap_or_else(|e| e.into_inner()) = s;
+            }
+            Ok(Some(ToWorker::Load { id, request })) => {
+                let settings = settings.read().unwrap_or_else(|e| e.into_inner()).clone();
+                let out = out.clone();
+                loads.spawn(async move {
+                    let result = load(request, settings).await;
+                    let _ = out.send(ToGateway::Loaded { id, result }).await;
+                });
+            }
             Ok(Some(ToWorker::Ping { seq })) => {
                 if out.send(ToGateway::Pong { seq }).await.is_err() {
                     break Ok(());
@@ -98,7 +118,27 @@ pub async fn serve(config: WorkerConfig) -> Result<(), IpcError> {
         }
     };
     reporter.abort();
+    loads.abort_all();
     drop(out);
     let _ = tokio::time::timeout(Duration::from_secs(1), writer_task).await;
     result
+}
+
+/// Runs one load on a blocking thread, bounded by the configured timeout.
+async fn load(request: LoadRequest, settings: WorkerSettings) -> LoadResult {
+    let timeout = Duration::from_millis(settings.load_timeout_ms);
+    let task = tokio::task::spawn_blocking(move || crate::sources::load(&request, &settings));
+    match tokio::time::timeout(timeout, task).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(e)) => LoadResult::Error(TrackException {
+            message: "Something went wrong while looking up the track.".into(),
+            severity: ExceptionSeverity::Fault,
+            cause: format!("probe task failed: {e}"),
+        }),
+        Err(_) => LoadResult::Error(TrackException {
+            message: "Loading the track timed out.".into(),
+            severity: ExceptionSeverity::Common,
+            cause: format!("no result within {} ms", timeout.as_millis()),
+        }),
+    }
 }

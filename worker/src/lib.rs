@@ -3,6 +3,7 @@
 
 mod ipc;
 mod process;
+pub mod sources;
 
 use std::path::PathBuf;
 

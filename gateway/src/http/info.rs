@@ -7,7 +7,7 @@ use caldera_protocol::build;
 use serde::Serialize;
 
 /// Sources Caldera can actually load; `/v4/info` lists those of them the config enables.
-pub const IMPLEMENTED_SOURCES: &[&str] = &[];
+pub const IMPLEMENTED_SOURCES: &[&str] = &["http", "local"];
 /// Filters Caldera actually applies; `/v4/info` lists those of them the config enables.
 pub const IMPLEMENTED_FILTERS: &[&str] = &[];
 

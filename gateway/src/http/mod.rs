@@ -3,13 +3,15 @@
 mod auth;
 pub mod error;
 mod info;
+mod tracks;
 
 pub use error::ApiError;
 
 use crate::config::Config;
+use crate::supervisor::Supervisor;
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{middleware, Router};
 use std::sync::Arc;
 
@@ -18,18 +20,22 @@ use std::sync::Arc;
 pub struct AppState {
     pub config: Arc<Config>,
     pub password: Arc<str>,
+    pub supervisor: Arc<Supervisor>,
 }
 
 impl AppState {
-    pub fn new(config: Arc<Config>) -> Self {
+    pub fn new(config: Arc<Config>, supervisor: Arc<Supervisor>) -> Self {
         let password = config.lavalink.server.password.as_str().into();
-        Self { config, password }
+        Self { config, password, supervisor }
     }
 }
 
 pub fn router(state: AppState) -> Router {
     let authorized = Router::new()
         .route("/v4/info", get(info::info))
+        .route("/v4/loadtracks", get(tracks::load_tracks))
+        .route("/v4/decodetrack", get(tracks::decode_track))
+        .route("/v4/decodetracks", post(tracks::decode_tracks))
         .fallback(not_found)
         // `layer` (not `route_layer`) so unknown paths need the password too, as in Lavalink.
         .layer(middleware::from_fn_with_state(state.clone(), auth::require_password));

@@ -8,14 +8,16 @@ mod spawn;
 pub use ipc::{HandshakeError, RuntimeDir, HELLO_TIMEOUT};
 pub use slot::{Backoff, WorkerState, WorkerStatus};
 
-use caldera_protocol::ToWorker;
+use caldera_protocol::{ExceptionSeverity, LoadRequest, LoadResult, ToWorker, TrackException, WorkerSettings};
 use spawn::{SpawnSpec, Spawner};
+use std::collections::HashMap;
 use std::ffi::OsString;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::UnixListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, info_span, warn, Instrument};
@@ -41,6 +43,8 @@ pub struct SupervisorConfig {
     pub ping_timeout: Duration,
     /// How long a spawned worker may take to connect and say hello.
     pub hello_timeout: Duration,
+    /// Sent to every worker after its hello.
+    pub settings: WorkerSettings,
 }
 
 impl SupervisorConfig {
@@ -51,6 +55,7 @@ impl SupervisorConfig {
             ping_interval: Duration::from_secs(1),
             ping_timeout: Duration::from_secs(5),
             hello_timeout: Duration::from_secs(10),
+            settings: WorkerSettings::default(),
         }
     }
 }
@@ -64,6 +69,9 @@ pub(crate) struct Shared {
     pub status: Mutex<Vec<WorkerStatus>>,
     pub outbound: Mutex<Vec<Option<mpsc::Sender<ToWorker>>>>,
     pub changed: watch::Sender<u64>,
+    /// Requests sent to a worker and not answered yet: id → (worker, reply).
+    pub requests: Mutex<HashMap<u64, (u32, oneshot::Sender<LoadResult>)>>,
+    pub next_request: AtomicU64,
 }
 
 impl Shared {
@@ -82,6 +90,29 @@ impl Shared {
         if let Some(slot) = all.get_mut(worker_id as usize) {
             *slot = tx;
         }
+    }
+
+    /// Delivers a worker's answer, if that worker was really asked (its frames are hostile).
+    pub fn answer(&self, worker_id: u32, id: u64, result: LoadResult) -> bool {
+        let mut requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        match requests.get(&id) {
+            Some((asked, _)) if *asked == worker_id => {
+                if let Some((_, reply)) = requests.remove(&id) {
+                    let _ = reply.send(result);
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Drops the pending requests of a worker that went away: their callers see a fault.
+    pub fn fail_requests(&self, worker_id: u32) {
+        self.requests.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, (w, _)| *w != worker_id);
+    }
+
+    fn in_flight(&self, worker_id: u32) -> usize {
+        self.requests.lock().unwrap_or_else(|e| e.into_inner()).values().filter(|(w, _)| *w == worker_id).count()
     }
 
     /// The environment a worker gets; everything else is cleared.
@@ -129,6 +160,8 @@ impl Supervisor {
             status: Mutex::new((0..n as u32).map(WorkerStatus::new).collect()),
             outbound: Mutex::new(vec![None; n]),
             changed: watch::Sender::new(0),
+            requests: Mutex::new(HashMap::new()),
+            next_request: AtomicU64::new(1),
         });
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -166,12 +199,55 @@ impl Supervisor {
         self.shared.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Loads an identifier in the least busy ready worker (media bytes are never parsed here).
+    /// A worker that dies meanwhile yields a `fault` error; the node carries on.
+    pub async fn load(&self, request: LoadRequest, timeout: Duration) -> LoadResult {
+        let failed = |message: &str, severity, cause: String| {
+            LoadResult::Error(TrackException { message: message.into(), severity, cause })
+        };
+        let candidates: Vec<(u32, mpsc::Sender<ToWorker>)> = {
+            let outbound = self.shared.outbound.lock().unwrap_or_else(|e| e.into_inner());
+            outbound.iter().enumerate().filter_map(|(i, tx)| Some((i as u32, tx.clone()?))).collect()
+        };
+        let id = self.shared.next_request.fetch_add(1, Ordering::Relaxed);
+        // Fewest requests in flight; the rotating start spreads ties.
+        let start = id as usize % candidates.len().max(1);
+        let chosen = candidates
+            .iter()
+            .cycle()
+            .skip(start)
+            .take(candidates.len())
+            .min_by_key(|(w, _)| self.shared.in_flight(*w))
+            .cloned();
+        let Some((worker_id, tx)) = chosen else {
+            return failed("No worker is available to load the track.", ExceptionSeverity::Fault, "all workers are down".into());
+        };
+        let (reply, answer) = oneshot::channel();
+        self.shared.requests.lock().unwrap_or_else(|e| e.into_inner()).insert(id, (worker_id, reply));
+        if tx.send(ToWorker::Load { id, request }).await.is_err() {
+            self.shared.requests.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            return failed("No worker is available to load the track.", ExceptionSeverity::Fault, "worker went away".into());
+        }
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => failed(
+                "The worker loading this track stopped unexpectedly.",
+                ExceptionSeverity::Fault,
+                format!("worker {worker_id} exited while probing"),
+            ),
+            Err(_) => {
+                self.shared.requests.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                failed("Loading the track timed out.", ExceptionSeverity::Common, format!("no answer within {timeout:?}"))
+            }
+        }
+    }
+
     pub fn socket_path(&self) -> &Path {
         &self.shared.socket_path
     }
 
     /// Asks every worker to stop, waits up to `grace`, then kills what is left.
-    pub async fn shutdown(self, grace: Duration) {
+    pub async fn shutdown(&self, grace: Duration) {
         info!("stopping workers");
         self.cancel.cancel();
         // Slots send Shutdown and wait `grace` themselves before killing; allow a little more.

@@ -201,6 +201,9 @@ async fn serve(
     if let Err(e) = writer.send(&reply).await {
         warn!(pid, error = %e, "could not answer the worker's hello");
     }
+    if let Err(e) = writer.send(&ToWorker::Configure(shared.config.settings.clone())).await {
+        warn!(pid, error = %e, "could not send settings to the worker");
+    }
     let started = Instant::now();
     info!(pid, worker_pid = hello.pid, "worker ready");
     let (tx, mut rx) = mpsc::channel::<ToWorker>(OUTBOUND_QUEUE);
@@ -262,6 +265,7 @@ async fn serve(
                 error!(pid, exit = %why, "worker exited");
                 shared.update(id, |s| s.last_exit = Some(why));
                 shared.set_outbound(id, None);
+                shared.fail_requests(id);
                 return Outcome::Ended { healthy: started.elapsed() >= HEALTHY_AFTER };
             }
             _ = cancel.cancelled() => {
@@ -271,6 +275,7 @@ async fn serve(
         }
     };
     shared.set_outbound(id, None);
+    shared.fail_requests(id);
     drop(tx);
     // Give the worker its grace period to exit, then make sure it is gone and reaped.
     let grace = if matches!(outcome, Outcome::Shutdown) { SHUTDOWN_GRACE } else { Duration::from_millis(500) };
@@ -334,6 +339,11 @@ async fn read_loop(
                 }
             }
             ToGateway::Hello(_) => return "worker sent a second hello".into(),
+            ToGateway::Loaded { id: request, result } => {
+                if !shared.answer(id, request, result) {
+                    warn!(worker = id, request, "worker answered a request it was not given; ignored");
+                }
+            }
         }
     }
 }

@@ -1,0 +1,265 @@
+//! Track sources: http(s) URLs and local files. Loading probes the media (untrusted bytes, which
+//! is why it runs in a worker) and answers with Lavalink's load result.
+//!
+//! Messages and severities follow Lavaplayer's (lavalink-internals; research notes in the tracks
+//! issue): a 404 or a missing local file is `empty`, an unreachable host is "Connecting to the URL
+//! failed." (suspicious), unrecognised bytes are "Unknown file format." (common).
+
+pub mod container;
+pub mod http;
+mod playlist;
+pub mod probe;
+mod rewind;
+
+use caldera_protocol::track::STREAM_LENGTH;
+use caldera_protocol::{ExceptionSeverity, LoadRequest, LoadResult, TrackData, TrackException, TrackInfo, WorkerSettings};
+use container::Container;
+use http::HttpReader;
+use rewind::Rewind;
+use std::io::Read;
+use std::path::Path;
+use std::time::Duration;
+use symphonia::core::io::MediaSource;
+
+/// Bytes read to recognise a container (and to find a stream's ICY title).
+const HEAD_LEN: usize = 64 * 1024;
+/// Largest playlist file read.
+const MAX_PLAYLIST_BYTES: usize = 1024 * 1024;
+const UNKNOWN_TITLE: &str = "Unknown title";
+const UNKNOWN_ARTIST: &str = "Unknown artist";
+
+/// Why a load failed, as Lavalink's exception object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadFailure {
+    pub message: String,
+    pub severity: ExceptionSeverity,
+    pub cause: String,
+}
+
+impl LoadFailure {
+    pub fn new(message: &str, severity: ExceptionSeverity, cause: String) -> Self {
+        Self { message: message.into(), severity, cause }
+    }
+
+    pub fn common(message: &str, cause: String) -> Self {
+        Self::new(message, ExceptionSeverity::Common, cause)
+    }
+
+    pub fn suspicious(message: &str, cause: String) -> Self {
+        Self::new(message, ExceptionSeverity::Suspicious, cause)
+    }
+
+    pub fn fault(message: &str, cause: String) -> Self {
+        Self::new(message, ExceptionSeverity::Fault, cause)
+    }
+
+    fn connect(url: &str, e: &reqwest::Error) -> Self {
+        let mut cause = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            cause.push_str(": ");
+            cause.push_str(&s.to_string());
+            source = s.source();
+        }
+        if e.is_redirect() {
+            return Self::common("Too many redirects.", format!("{url}: {cause}"));
+        }
+        Self::suspicious("Connecting to the URL failed.", format!("{url}: {cause}"))
+    }
+
+    fn into_exception(self) -> TrackException {
+        TrackException { message: self.message, severity: self.severity, cause: self.cause }
+    }
+}
+
+/// What loading can end in besides a result: "nothing here" is not an error (`empty`).
+enum Loaded {
+    Track(TrackData),
+    Playlist { name: String, tracks: Vec<TrackData> },
+    Nothing,
+}
+
+/// Loads one identifier. Blocking: run it on a blocking thread.
+pub fn load(request: &LoadRequest, settings: &WorkerSettings) -> LoadResult {
+    let result = match request {
+        LoadRequest::Http { url } => load_http(url, settings, true),
+        LoadRequest::Local { path } => load_local(path, settings),
+    };
+    match result {
+        Ok(Loaded::Track(t)) => LoadResult::Track(t),
+        Ok(Loaded::Playlist { name, tracks }) => LoadResult::Playlist { name, selected_track: -1, tracks },
+        Ok(Loaded::Nothing) => LoadResult::Empty,
+        Err(f) => LoadResult::Error(f.into_exception()),
+    }
+}
+
+fn load_http(url: &str, settings: &WorkerSettings, allow_playlist: bool) -> Result<Loaded, LoadFailure> {
+    let client = http::client(Duration::from_millis(settings.load_timeout_ms))?;
+    // Lavaplayer answers a 404 with "no matches".
+    let Some(mut reader) = HttpReader::open(client, url, settings.max_probe_bytes)? else {
+        return Ok(Loaded::Nothing);
+    };
+    let head = read_head(&mut reader, HEAD_LEN)?;
+    let container = container::detect(&head).ok_or_else(|| unknown_format(&head))?;
+    let meta = reader.meta().clone();
+    if container.is_playlist() {
+        if !allow_playlist {
+            return Err(LoadFailure::common("Playlists inside playlists are not supported.", meta.final_url));
+        }
+        let mut text = head;
+        reader.take((MAX_PLAYLIST_BYTES - text.len().min(MAX_PLAYLIST_BYTES)) as u64).read_to_end(&mut text).map_err(read_failed)?;
+        return load_playlist(url, &meta.final_url, container, &String::from_utf8_lossy(&text), settings);
+    }
+    let is_stream = meta.is_stream();
+    let stream_title = reader.stream_title();
+    let source: Box<dyn MediaSource> = Box::new(Rewind::new(reader, head));
+    let probed = if is_stream { probe::probe_stream(source, container)? } else { probe::probe_file(source, container)? };
+    let title = probed.title.or(stream_title).or_else(|| meta.icy_name.clone().filter(|_| is_stream));
+    let author = probed.author.or_else(|| meta.icy_name.clone());
+    let info = TrackInfo {
+        title: title.unwrap_or_else(|| UNKNOWN_TITLE.into()),
+        author: author.unwrap_or_else(|| UNKNOWN_ARTIST.into()),
+        length: if is_stream { STREAM_LENGTH } else { probed.length_ms.unwrap_or(STREAM_LENGTH) },
+        identifier: url.into(),
+        is_stream,
+        uri: Some(url.into()),
+        artwork_url: None,
+        isrc: probed.isrc,
+        source_name: "http".into(),
+        position: 0,
+    };
+    track(info, container)
+}
+
+fn load_local(path: &str, settings: &WorkerSettings) -> Result<Loaded, LoadFailure> {
+    let given = Path::new(path);
+    if !given.is_absolute() {
+        return Ok(Loaded::Nothing);
+    }
+    // Like Lavaplayer: a path that is not a readable file is "no matches", not an error.
+    let Ok(canonical) = given.canonicalize() else { return Ok(Loaded::Nothing) };
+    if !canonical.is_file() {
+        return Ok(Loaded::Nothing);
+    }
+    let allowed = settings.local_dirs.iter().any(|dir| canonical.starts_with(dir));
+    if !allowed {
+        return Err(LoadFailure::common(
+            "This file is outside the directories the local source may read.",
+            format!("{} is not under caldera.localDirectories", canonical.display()),
+        ));
+    }
+    let mut file = std::fs::File::open(&canonical)
+        .map_err(|e| LoadFailure::suspicious("Failed to open file for reading.", e.to_string()))?;
+    let head = read_head(&mut file, HEAD_LEN)?;
+    let container = container::detect(&head).ok_or_else(|| unknown_format(&head))?;
+    if container.is_playlist() {
+        return Err(LoadFailure::common("Local playlists are not supported.", canonical.display().to_string()));
+    }
+    let probed = probe::probe_file(Box::new(Rewind::new(file, head)), container)?;
+    let info = TrackInfo {
+        title: probed.title.unwrap_or_else(|| UNKNOWN_TITLE.into()),
+        author: probed.author.unwrap_or_else(|| UNKNOWN_ARTIST.into()),
+        length: probed.length_ms.unwrap_or(STREAM_LENGTH),
+        identifier: path.into(),
+        is_stream: false,
+        uri: Some(path.into()),
+        artwork_url: None,
+        isrc: probed.isrc,
+        source_name: "local".into(),
+        position: 0,
+    };
+    track(info, container)
+}
+
+fn track(info: TrackInfo, container: Container) -> Result<Loaded, LoadFailure> {
+    TrackData::with_probe_info(info, container.probe_name())
+        .map(Loaded::Track)
+        .map_err(|e| LoadFailure::suspicious("The track's metadata cannot be encoded.", e.to_string()))
+}
+
+fn load_playlist(
+    given_url: &str,
+    final_url: &str,
+    container: Container,
+    text: &str,
+    settings: &WorkerSettings,
+) -> Result<Loaded, LoadFailure> {
+    let list = match container {
+        Container::Pls => playlist::parse_pls(text),
+        _ => playlist::parse_m3u(text)?,
+    };
+    let base = url::Url::parse(final_url).map_err(|e| LoadFailure::common("Not a valid URL.", e.to_string()))?;
+    // Entries resolve against the playlist's URL; only http(s) entries are followed — a remote
+    // playlist must never make the node read local files.
+    let entries: Vec<(String, Option<String>)> = list
+        .entries
+        .iter()
+        .filter_map(|e| base.join(&e.location).ok().map(|u| (u, e.title.clone())))
+        .filter(|(u, _)| matches!(u.scheme(), "http" | "https"))
+        .take(settings.max_playlist_entries as usize)
+        .map(|(u, t)| (u.to_string(), t))
+        .collect();
+    if entries.is_empty() {
+        return Err(LoadFailure::common("The playlist file contains no links.", given_url.into()));
+    }
+    // Probe entries a few at a time; entries that fail are left out.
+    let results: Vec<Result<Loaded, LoadFailure>> = std::thread::scope(|s| {
+        entries
+            .chunks(4)
+            .flat_map(|chunk| {
+                let handles: Vec<_> = chunk.iter().map(|(u, _)| s.spawn(move || load_http(u, settings, false))).collect();
+                handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(LoadFailure::fault("Probing crashed.", String::new()))))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    });
+    let mut tracks = Vec::new();
+    let mut first_failure = None;
+    for ((_, listed_title), result) in entries.iter().zip(results) {
+        match result {
+            Ok(Loaded::Track(mut t)) => {
+                if t.info.title == UNKNOWN_TITLE {
+                    if let Some(title) = listed_title {
+                        t.info.title = title.clone();
+                    }
+                }
+                tracks.push(t);
+            }
+            Ok(_) => {}
+            Err(f) => {
+                first_failure.get_or_insert(f);
+            }
+        }
+    }
+    if tracks.is_empty() {
+        let cause = first_failure.map(|f| format!("{} ({})", f.message, f.cause)).unwrap_or_default();
+        return Err(LoadFailure::common("None of the playlist's entries could be loaded.", cause));
+    }
+    let name = list.name.unwrap_or_else(|| playlist_name_from_url(&base));
+    Ok(Loaded::Playlist { name, tracks })
+}
+
+fn playlist_name_from_url(url: &url::Url) -> String {
+    let file = url.path_segments().and_then(|mut s| s.next_back()).unwrap_or("").to_string();
+    let stem = file.rsplit_once('.').map(|(s, _)| s.to_string()).unwrap_or(file);
+    if stem.is_empty() {
+        url.host_str().unwrap_or("Playlist").to_string()
+    } else {
+        stem
+    }
+}
+
+fn read_head(r: &mut impl Read, max: usize) -> Result<Vec<u8>, LoadFailure> {
+    let mut head = Vec::with_capacity(max.min(64 * 1024));
+    r.take(max as u64).read_to_end(&mut head).map_err(read_failed)?;
+    Ok(head)
+}
+
+fn read_failed(e: std::io::Error) -> LoadFailure {
+    LoadFailure::suspicious("Could not read the file for detecting file type.", e.to_string())
+}
+
+fn unknown_format(head: &[u8]) -> LoadFailure {
+    let cause = if head.is_empty() { "the response is empty".to_string() } else { format!("{} bytes match no known container", head.len()) };
+    LoadFailure::common("Unknown file format.", cause)
+}
