@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod http;
+pub mod players;
 pub mod supervisor;
 
 use config::Loaded;
@@ -40,9 +41,21 @@ pub async fn run(loaded: Loaded) -> Result<(), GatewayError> {
     supervisor_config.settings = caldera_protocol::WorkerSettings {
         local_dirs: config.canonical_local_directories(),
         load_timeout_ms: config.caldera.load_timeout_ms,
+        player_update_interval_ms: config.lavalink.server.player_update_interval as u64 * 1000,
+        track_stuck_threshold_ms: config.lavalink.server.track_stuck_threshold_ms,
         ..Default::default()
     };
-    let supervisor = Arc::new(Supervisor::start(supervisor_config)?);
+    let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let supervisor = Arc::new(Supervisor::start(supervisor_config, events_tx)?);
+    let registry = Arc::new(players::Registry::new(supervisor.clone(), config.caldera.players_per_worker));
+    let relay = {
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            while let Some((worker, player, event)) = events_rx.recv().await {
+                registry.on_event(worker, player, event);
+            }
+        })
+    };
     let ready = tokio::select! {
         n = supervisor.wait_ready(WORKERS_READY_TIMEOUT) => n,
         _ = stop.cancelled() => {
@@ -62,7 +75,7 @@ pub async fn run(loaded: Loaded) -> Result<(), GatewayError> {
     let local = listener.local_addr().map_err(GatewayError::Serve)?;
     // Tests and operators read this line to learn the port (server.port 0 picks one).
     info!("listening on {local}");
-    let app = http::router(http::AppState::new(config.clone(), supervisor.clone()));
+    let app = http::router(http::AppState::new(config.clone(), supervisor.clone(), registry.clone()));
     let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(stop.clone().cancelled_owned())
         .await;
@@ -70,6 +83,7 @@ pub async fn run(loaded: Loaded) -> Result<(), GatewayError> {
     // Phase 3: stop workers, exit.
     info!("shutting down");
     supervisor.shutdown(Supervisor::grace()).await;
+    relay.abort();
     served.map_err(GatewayError::Serve)?;
     info!("stopped");
     Ok(())

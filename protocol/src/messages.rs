@@ -88,12 +88,90 @@ pub struct WorkerSettings {
     pub load_timeout_ms: u64,
     /// Most entries of an M3U/PLS playlist that are loaded.
     pub max_playlist_entries: u32,
+    /// Milliseconds between player state reports while a track plays (playerUpdateInterval).
+    pub player_update_interval_ms: u64,
+    /// No audio for this long → TrackStuckEvent (trackStuckThresholdMs).
+    pub track_stuck_threshold_ms: u64,
 }
 
 impl Default for WorkerSettings {
     fn default() -> Self {
-        Self { local_dirs: Vec::new(), max_probe_bytes: 64 * 1024 * 1024, load_timeout_ms: 20_000, max_playlist_entries: 100 }
+        Self {
+            local_dirs: Vec::new(),
+            max_probe_bytes: 64 * 1024 * 1024,
+            load_timeout_ms: 20_000,
+            max_playlist_entries: 100,
+            player_update_interval_ms: 5_000,
+            track_stuck_threshold_ms: 10_000,
+        }
     }
+}
+
+/// A Discord voice server to connect a player to (from the bot's VOICE_SERVER_UPDATE and
+/// VOICE_STATE_UPDATE, relayed by the Lavalink client).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoiceServer {
+    pub token: String,
+    pub endpoint: String,
+    pub session_id: String,
+    pub channel_id: u64,
+}
+
+/// Something a player should do. `track_seq` numbers the tracks a player is given, so events can
+/// be matched to the track they are about.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum PlayerCommand {
+    /// Creates the player (a voice driver for the guild). Must come first.
+    Create { guild_id: u64, user_id: u64 },
+    Voice(VoiceServer),
+    /// Starts a track, replacing the current one.
+    Play { track_seq: u64, track: TrackData, start_ms: u64, end_ms: Option<u64>, paused: bool },
+    /// Stops the current track (TrackEnd `stopped`).
+    Stop,
+    Pause(bool),
+    Seek { position_ms: u64 },
+    /// 0–1000, 100 = unchanged.
+    Volume(u16),
+    /// Stops everything and leaves the voice channel. The player is gone afterwards.
+    Destroy,
+    /// Sets or clears the end marker of the current track.
+    EndTime(Option<u64>),
+}
+
+/// Why a track ended (Lavalink's TrackEndEvent reasons).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EndReason {
+    Finished,
+    LoadFailed,
+    Stopped,
+    Replaced,
+    Cleanup,
+}
+
+/// A player's state, reported at the player update interval and after changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlayerState {
+    /// Unix time in milliseconds when the state was taken.
+    pub time_ms: i64,
+    /// Position in the current track, in milliseconds.
+    pub position_ms: u64,
+    pub connected: bool,
+    /// Round trip to the voice server in milliseconds, -1 when not connected.
+    pub ping_ms: i64,
+}
+
+/// Something that happened to a player.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum PlayerEvent {
+    TrackStart { track_seq: u64 },
+    TrackEnd { track_seq: u64, reason: EndReason },
+    TrackException { track_seq: u64, exception: TrackException },
+    TrackStuck { track_seq: u64, threshold_ms: u64 },
+    State(PlayerState),
+    /// The voice websocket was closed (by Discord when `by_remote`).
+    VoiceClosed { code: u16, reason: String, by_remote: bool },
+    /// Audio frames over the last report period: sent with audio, and nulled (nothing to send).
+    Frames { sent: u32, nulled: u32 },
 }
 
 /// Gateway → worker.
@@ -108,6 +186,8 @@ pub enum ToWorker {
     Configure(WorkerSettings),
     /// Probe an identifier; answered with [`ToGateway::Loaded`] carrying the same `id`.
     Load { id: u64, request: LoadRequest },
+    /// A command for the player the gateway numbered `player`.
+    Player { player: u64, command: PlayerCommand },
 }
 
 /// Worker → gateway.
@@ -119,4 +199,5 @@ pub enum ToGateway {
     /// Something the operator should see in the gateway's log.
     Log { severity: Severity, message: String },
     Loaded { id: u64, result: LoadResult },
+    Player { player: u64, event: PlayerEvent },
 }

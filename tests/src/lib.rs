@@ -2,12 +2,14 @@
 //! `caldera-worker` processes) on a free port, and inspects processes through `/proc`.
 
 pub mod audio;
+pub mod client;
 pub mod http_server;
 pub mod procfs;
+pub mod voice;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -18,8 +20,11 @@ pub const PASSWORD: &str = "youshallnotpass";
 /// target directory. The README's test command builds them before running the tests.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test-binary> → target/<profile>/<name>
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    // Tests run from target/<profile>/deps/, binaries (loadgen) from target/<profile>/.
+    let mut dir = exe.parent().expect("target dir");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("target dir");
+    }
     let path = dir.join(name);
     assert!(
         path.is_file(),

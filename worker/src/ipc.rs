@@ -3,9 +3,10 @@
 use crate::{process, WorkerConfig};
 use caldera_protocol::channel::{FrameReader, FrameWriter};
 use caldera_protocol::{
-    build, ExceptionSeverity, FrameError, LoadRequest, LoadResult, ToGateway, ToWorker, TrackException, WorkerHello,
+    build, ExceptionSeverity, FrameError, LoadRequest, LoadResult, PlayerCommand, ToGateway, ToWorker, TrackException, WorkerHello,
     WorkerSettings, MAX_FRAME_LEN,
 };
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::net::UnixStream;
@@ -83,6 +84,7 @@ pub async fn serve(config: WorkerConfig) -> Result<(), IpcError> {
 
     let settings = Arc::new(RwLock::new(WorkerSettings::default()));
     let mut loads = tokio::task::JoinSet::new();
+    let mut players: HashMap<u64, crate::player::PlayerHandle> = HashMap::new();
     let result = loop {
         // Reap finished loads so the set stays small.
         while loads.try_join_next().is_some() {}
@@ -90,6 +92,36 @@ pub async fn serve(config: WorkerConfig) -> Result<(), IpcError> {
             Ok(Some(ToWorker::Configure(s))) => {
                 debug!(?s, "settings received");
                 *settings.write().unwrap_or_else(|e| e.into_inner()) = s;
+            }
+            Ok(Some(ToWorker::Player { player, command })) => {
+                match command {
+                    PlayerCommand::Create { guild_id, user_id } => {
+                        let settings = settings.read().unwrap_or_else(|e| e.into_inner()).clone();
+                        // Re-creating an existing player replaces it (its old handle aborts its task).
+                        players.insert(player, crate::player::spawn(player, guild_id, user_id, settings, out.clone()));
+                    }
+                    PlayerCommand::Destroy => {
+                        if let Some(p) = players.remove(&player) {
+                            let _ = p.commands.send(PlayerCommand::Destroy);
+                            // Let it leave the voice channel cleanly; the handle aborts it if it hangs.
+                            tokio::spawn(async move {
+                                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                                    while !p.task.is_finished() {
+                                        tokio::time::sleep(Duration::from_millis(20)).await;
+                                    }
+                                })
+                                .await;
+                                drop(p);
+                            });
+                        }
+                    }
+                    command => match players.get(&player) {
+                        Some(p) => {
+                            let _ = p.commands.send(command);
+                        }
+                        None => debug!(player, "command for an unknown player ignored"),
+                    },
+                }
             }
             Ok(Some(ToWorker::Load { id, request })) => {
                 let settings = settings.read().unwrap_or_else(|e| e.into_inner()).clone();
@@ -119,6 +151,7 @@ pub async fn serve(config: WorkerConfig) -> Result<(), IpcError> {
     };
     reporter.abort();
     loads.abort_all();
+    drop(players);
     drop(out);
     let _ = tokio::time::timeout(Duration::from_secs(1), writer_task).await;
     result

@@ -2,6 +2,7 @@
 //! `main`. The worker connects to its gateway, proves it was spawned by it, then serves requests.
 
 mod ipc;
+mod player;
 mod process;
 pub mod sources;
 
@@ -60,6 +61,7 @@ pub fn run(config: WorkerConfig) -> Result<(), WorkerError> {
         .thread_name(format!("caldera-worker-{}", config.worker_id))
         .build()
         .map_err(WorkerError::Runtime)?;
-    runtime.block_on(ipc::serve(config))?;
+    let span = tracing::info_span!("worker", id = config.worker_id);
+    runtime.block_on(tracing::Instrument::instrument(ipc::serve(config), span))?;
     Ok(())
 }

@@ -3,11 +3,14 @@
 mod auth;
 pub mod error;
 mod info;
-mod tracks;
+mod players;
+pub mod tracks;
+mod websocket;
 
 pub use error::ApiError;
 
 use crate::config::Config;
+use crate::players::Registry;
 use crate::supervisor::Supervisor;
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::Response;
@@ -21,12 +24,13 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub password: Arc<str>,
     pub supervisor: Arc<Supervisor>,
+    pub registry: Arc<Registry>,
 }
 
 impl AppState {
-    pub fn new(config: Arc<Config>, supervisor: Arc<Supervisor>) -> Self {
+    pub fn new(config: Arc<Config>, supervisor: Arc<Supervisor>, registry: Arc<Registry>) -> Self {
         let password = config.lavalink.server.password.as_str().into();
-        Self { config, password, supervisor }
+        Self { config, password, supervisor, registry }
     }
 }
 
@@ -36,6 +40,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v4/loadtracks", get(tracks::load_tracks))
         .route("/v4/decodetrack", get(tracks::decode_track))
         .route("/v4/decodetracks", post(tracks::decode_tracks))
+        .route("/v4/websocket", get(websocket::websocket))
+        .route("/v4/sessions/{session}/players", get(players::get_players))
+        .route(
+            "/v4/sessions/{session}/players/{guild}",
+            get(players::get_player).patch(players::update_player).delete(players::delete_player),
+        )
         .fallback(not_found)
         // `layer` (not `route_layer`) so unknown paths need the password too, as in Lavalink.
         .layer(middleware::from_fn_with_state(state.clone(), auth::require_password));

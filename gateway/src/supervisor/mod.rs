@@ -8,7 +8,7 @@ mod spawn;
 pub use ipc::{HandshakeError, RuntimeDir, HELLO_TIMEOUT};
 pub use slot::{Backoff, WorkerState, WorkerStatus};
 
-use caldera_protocol::{ExceptionSeverity, LoadRequest, LoadResult, ToWorker, TrackException, WorkerSettings};
+use caldera_protocol::{ExceptionSeverity, LoadRequest, LoadResult, PlayerEvent, ToWorker, TrackException, WorkerSettings};
 use spawn::{SpawnSpec, Spawner};
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -72,6 +72,8 @@ pub(crate) struct Shared {
     /// Requests sent to a worker and not answered yet: id → (worker, reply).
     pub requests: Mutex<HashMap<u64, (u32, oneshot::Sender<LoadResult>)>>,
     pub next_request: AtomicU64,
+    /// Player events from workers: (worker, player, event).
+    pub player_events: mpsc::UnboundedSender<(u32, u64, PlayerEvent)>,
 }
 
 impl Shared {
@@ -141,7 +143,10 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// Creates the IPC socket and starts one slot per worker. Returns at once; see [`Self::wait_ready`].
-    pub fn start(config: SupervisorConfig) -> Result<Self, SupervisorError> {
+    pub fn start(
+        config: SupervisorConfig,
+        player_events: mpsc::UnboundedSender<(u32, u64, PlayerEvent)>,
+    ) -> Result<Self, SupervisorError> {
         if !is_executable(&config.worker_binary) {
             return Err(SupervisorError::WorkerBinary(config.worker_binary.clone()));
         }
@@ -162,6 +167,7 @@ impl Supervisor {
             changed: watch::Sender::new(0),
             requests: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
+            player_events,
         });
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -240,6 +246,21 @@ impl Supervisor {
                 failed("Loading the track timed out.", ExceptionSeverity::Common, format!("no answer within {timeout:?}"))
             }
         }
+    }
+
+    /// Queues a message for a worker; `false` if it is not connected or not keeping up.
+    pub fn send(&self, worker_id: u32, msg: ToWorker) -> bool {
+        let outbound = self.shared.outbound.lock().unwrap_or_else(|e| e.into_inner());
+        match outbound.get(worker_id as usize).and_then(|tx| tx.as_ref()) {
+            Some(tx) => tx.try_send(msg).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Ready workers (connected and accepting messages).
+    pub fn ready_workers(&self) -> Vec<u32> {
+        let outbound = self.shared.outbound.lock().unwrap_or_else(|e| e.into_inner());
+        outbound.iter().enumerate().filter(|(_, tx)| tx.is_some()).map(|(i, _)| i as u32).collect()
     }
 
     pub fn socket_path(&self) -> &Path {

@@ -339,6 +339,9 @@ async fn read_loop(
                 }
             }
             ToGateway::Hello(_) => return "worker sent a second hello".into(),
+            ToGateway::Player { player, event } => {
+                let _ = shared.player_events.send((id, player, event));
+            }
             ToGateway::Loaded { id: request, result } => {
                 if !shared.answer(id, request, result) {
                     warn!(worker = id, request, "worker answered a request it was not given; ignored");

@@ -132,22 +132,8 @@ fn load_http(url: &str, settings: &WorkerSettings, allow_playlist: bool) -> Resu
 }
 
 fn load_local(path: &str, settings: &WorkerSettings) -> Result<Loaded, LoadFailure> {
-    let given = Path::new(path);
-    if !given.is_absolute() {
-        return Ok(Loaded::Nothing);
-    }
     // Like Lavaplayer: a path that is not a readable file is "no matches", not an error.
-    let Ok(canonical) = given.canonicalize() else { return Ok(Loaded::Nothing) };
-    if !canonical.is_file() {
-        return Ok(Loaded::Nothing);
-    }
-    let allowed = settings.local_dirs.iter().any(|dir| canonical.starts_with(dir));
-    if !allowed {
-        return Err(LoadFailure::common(
-            "This file is outside the directories the local source may read.",
-            format!("{} is not under caldera.localDirectories", canonical.display()),
-        ));
-    }
+    let Some(canonical) = allowed_local_path(path, settings)? else { return Ok(Loaded::Nothing) };
     let mut file = std::fs::File::open(&canonical)
         .map_err(|e| LoadFailure::suspicious("Failed to open file for reading.", e.to_string()))?;
     let head = read_head(&mut file, HEAD_LEN)?;
@@ -169,6 +155,61 @@ fn load_local(path: &str, settings: &WorkerSettings) -> Result<Loaded, LoadFailu
         position: 0,
     };
     track(info, container)
+}
+
+/// Opens a loaded track's media for playback: the source again (no probe budget), the container
+/// from its first bytes, and a symphonia reader over it.
+pub fn open_for_playback(
+    track: &TrackData,
+    settings: &WorkerSettings,
+) -> Result<(Box<dyn symphonia::core::formats::FormatReader>, Container), LoadFailure> {
+    let location = track.info.uri.clone().unwrap_or_else(|| track.info.identifier.clone());
+    let (source, head): (Box<dyn MediaSource>, Vec<u8>) = match track.info.source_name.as_str() {
+        "http" => {
+            // Playback reads the whole stream: the time limit is for connecting, not listening.
+            let client = http::client(Duration::from_secs(60 * 60 * 24))?;
+            let mut reader = HttpReader::open(client, &location, u64::MAX)?
+                .ok_or_else(|| LoadFailure::common("That URL is not playable.", "Status code 404".into()))?;
+            let head = read_head(&mut reader, HEAD_LEN)?;
+            (Box::new(Rewind::new(reader, head.clone())), head)
+        }
+        "local" => {
+            let path = allowed_local_path(&location, settings)?
+                .ok_or_else(|| LoadFailure::common("The file does not exist.", location.clone()))?;
+            let mut file = std::fs::File::open(&path)
+                .map_err(|e| LoadFailure::suspicious("Failed to open file for reading.", e.to_string()))?;
+            let head = read_head(&mut file, HEAD_LEN)?;
+            (Box::new(Rewind::new(file, head.clone())), head)
+        }
+        other => {
+            return Err(LoadFailure::common(
+                "This track's source is not available on this node.",
+                format!("Caldera cannot play tracks from the `{other}` source"),
+            ))
+        }
+    };
+    let container = container::detect(&head).filter(|c| !c.is_playlist()).ok_or_else(|| unknown_format(&head))?;
+    let (format, _) = probe::open_format(source, container)?;
+    Ok((format, container))
+}
+
+/// The resolved path of a local file the settings allow; `None` if it is not a file.
+fn allowed_local_path(path: &str, settings: &WorkerSettings) -> Result<Option<std::path::PathBuf>, LoadFailure> {
+    let given = Path::new(path);
+    if !given.is_absolute() {
+        return Ok(None);
+    }
+    let Ok(canonical) = given.canonicalize() else { return Ok(None) };
+    if !canonical.is_file() {
+        return Ok(None);
+    }
+    if !settings.local_dirs.iter().any(|dir| canonical.starts_with(dir)) {
+        return Err(LoadFailure::common(
+            "This file is outside the directories the local source may read.",
+            format!("{} is not under caldera.localDirectories", canonical.display()),
+        ));
+    }
+    Ok(Some(canonical))
 }
 
 fn track(info: TrackInfo, container: Container) -> Result<Loaded, LoadFailure> {

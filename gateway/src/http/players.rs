@@ -1,0 +1,95 @@
+//! Player routes: `GET/PATCH/DELETE /v4/sessions/{sessionId}/players[/{guildId}]`.
+
+use super::error::ApiError;
+use super::tracks::classify;
+use super::AppState;
+use crate::players::{PlayerError, PlayerUpdate, Resolved, TrackChange, TrackRequest};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use caldera_protocol::{LoadResult, TrackData};
+use serde::Deserialize;
+use serde_json::Value;
+use std::time::Duration;
+
+impl From<PlayerError> for ApiError {
+    fn from(e: PlayerError) -> Self {
+        let status = match e {
+            PlayerError::SessionNotFound | PlayerError::PlayerNotFound => StatusCode::NOT_FOUND,
+            PlayerError::NoCapacity => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+fn guild_id(raw: &str) -> Result<u64, ApiError> {
+    raw.parse::<u64>().ok().filter(|g| *g != 0).ok_or_else(|| ApiError::bad_request(format!("Invalid guild id `{raw}`")))
+}
+
+pub async fn get_players(State(state): State<AppState>, Path(session): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state.registry.players_json(&session)?))
+}
+
+pub async fn get_player(State(state): State<AppState>, Path((session, guild)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
+    let guild = guild_id(&guild)?;
+    Ok(Json(state.registry.player_json(&session, guild)?))
+}
+
+pub async fn delete_player(State(state): State<AppState>, Path((session, guild)): Path<(String, String)>) -> Result<StatusCode, ApiError> {
+    let guild = guild_id(&guild)?;
+    state.registry.destroy(&session, guild)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateQuery {
+    #[serde(default)]
+    no_replace: bool,
+}
+
+pub async fn update_player(
+    State(state): State<AppState>,
+    Path((session, guild)): Path<(String, String)>,
+    Query(query): Query<UpdateQuery>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let guild = guild_id(&guild)?;
+    if !state.registry.has_session(&session) {
+        return Err(PlayerError::SessionNotFound.into());
+    }
+    let update: PlayerUpdate = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("Invalid player update: {e}")))?;
+    let (request, user_data) = update.validate().map_err(ApiError::bad_request)?;
+    let track = match request {
+        TrackRequest::Keep => TrackChange::Keep,
+        TrackRequest::Stop => TrackChange::Stop,
+        TrackRequest::Encoded(encoded) => {
+            let data = TrackData::decode(&encoded).map_err(|e| ApiError::bad_request(format!("Failed to decode track: {e}")))?;
+            TrackChange::Play { data: Box::new(data), encoded }
+        }
+        TrackRequest::Identifier(identifier) => {
+            let data = load_single(&state, &identifier).await?;
+            let encoded = data.encode().map_err(|e| ApiError::bad_request(format!("Cannot encode the loaded track: {e}")))?;
+            TrackChange::Play { data: Box::new(data), encoded }
+        }
+    };
+    let resolved = Resolved::new(&update, track, user_data, query.no_replace);
+    Ok(Json(state.registry.apply(&session, guild, resolved)?))
+}
+
+/// Loads an identifier that must resolve to exactly one track.
+async fn load_single(state: &AppState, identifier: &str) -> Result<TrackData, ApiError> {
+    let Some(request) = classify(identifier, state) else {
+        return Err(ApiError::bad_request(format!("No matches found for identifier `{identifier}`")));
+    };
+    let timeout = Duration::from_millis(state.config.caldera.load_timeout_ms) + Duration::from_secs(5);
+    match state.supervisor.load(request, timeout).await {
+        LoadResult::Track(t) => Ok(t),
+        LoadResult::Playlist { .. } | LoadResult::Search(_) => {
+            Err(ApiError::bad_request(format!("The identifier `{identifier}` loads several tracks; use /v4/loadtracks and pick one")))
+        }
+        LoadResult::Empty => Err(ApiError::bad_request(format!("No matches found for identifier `{identifier}`"))),
+        LoadResult::Error(e) => Err(ApiError::bad_request(format!("Failed to load `{identifier}`: {} ({})", e.message, e.cause))),
+    }
+}

@@ -1,0 +1,315 @@
+//! The player registry: the gateway's mirror of every player (ARCHITECTURE: the gateway owns
+//! everything a client can see), the WebSocket sessions they belong to, and the relay of worker
+//! events to those sessions as Lavalink ops.
+
+mod update;
+
+pub use update::{PlayerUpdate, Resolved, TrackChange, TrackRequest};
+
+use crate::http::tracks::{exception_json, track_json_with};
+use crate::supervisor::Supervisor;
+use caldera_protocol::{EndReason, PlayerCommand, PlayerEvent, PlayerState, ToWorker, TrackData};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+/// A track given to a player, numbered so worker events can be matched to it.
+#[derive(Debug, Clone)]
+pub struct PlayerTrack {
+    pub seq: u64,
+    pub data: TrackData,
+    pub encoded: String,
+    pub user_data: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Voice {
+    pub token: String,
+    pub endpoint: String,
+    pub session_id: String,
+    pub channel_id: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Player {
+    pub id: u64,
+    pub worker: u32,
+    pub guild_id: u64,
+    /// The current track, if any.
+    pub track: Option<PlayerTrack>,
+    /// Tracks that started and have not ended yet (a replaced track ends after its successor
+    /// was set), for their events.
+    pub live_tracks: HashMap<u64, PlayerTrack>,
+    pub volume: u16,
+    pub paused: bool,
+    pub end_time: Option<u64>,
+    pub voice: Option<Voice>,
+    pub filters: Value,
+    pub state: PlayerState,
+}
+
+pub struct Session {
+    pub user_id: u64,
+    pub client_name: String,
+    /// Messages (JSON text) to the session's WebSocket.
+    pub out: mpsc::UnboundedSender<String>,
+    pub players: HashMap<u64, Player>,
+}
+
+#[derive(Default)]
+struct State {
+    sessions: HashMap<String, Session>,
+    /// Player id → (session id, guild id).
+    by_id: HashMap<u64, (String, u64)>,
+}
+
+pub struct Registry {
+    state: Mutex<State>,
+    next_player: AtomicU64,
+    next_track: AtomicU64,
+    pub supervisor: Arc<Supervisor>,
+    players_per_worker: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlayerError {
+    #[error("Session not found")]
+    SessionNotFound,
+    #[error("Player not found")]
+    PlayerNotFound,
+    #[error("No worker has room for another player")]
+    NoCapacity,
+}
+
+impl Registry {
+    pub fn new(supervisor: Arc<Supervisor>, players_per_worker: usize) -> Self {
+        Self {
+            state: Mutex::default(),
+            next_player: AtomicU64::new(1),
+            next_track: AtomicU64::new(1),
+            supervisor,
+            players_per_worker,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn add_session(&self, id: String, user_id: u64, client_name: String, out: mpsc::UnboundedSender<String>) {
+        self.lock().sessions.insert(id, Session { user_id, client_name, out, players: HashMap::new() });
+    }
+
+    pub fn has_session(&self, id: &str) -> bool {
+        self.lock().sessions.contains_key(id)
+    }
+
+    /// Removes a session and destroys its players.
+    pub fn remove_session(&self, id: &str) {
+        let removed = {
+            let mut st = self.lock();
+            let session = st.sessions.remove(id);
+            if let Some(s) = &session {
+                for p in s.players.values() {
+                    st.by_id.remove(&p.id);
+                }
+            }
+            session
+        };
+        if let Some(s) = removed {
+            for p in s.players.values() {
+                self.supervisor.send(p.worker, ToWorker::Player { player: p.id, command: PlayerCommand::Destroy });
+            }
+        }
+    }
+
+    pub fn player_json(&self, session: &str, guild: u64) -> Result<Value, PlayerError> {
+        let st = self.lock();
+        let s = st.sessions.get(session).ok_or(PlayerError::SessionNotFound)?;
+        s.players.get(&guild).map(player_json).ok_or(PlayerError::PlayerNotFound)
+    }
+
+    pub fn players_json(&self, session: &str) -> Result<Value, PlayerError> {
+        let st = self.lock();
+        let s = st.sessions.get(session).ok_or(PlayerError::SessionNotFound)?;
+        let mut players: Vec<&Player> = s.players.values().collect();
+        players.sort_by_key(|p| p.guild_id);
+        Ok(Value::Array(players.into_iter().map(player_json).collect()))
+    }
+
+    /// Destroys a player (no error if it does not exist).
+    pub fn destroy(&self, session: &str, guild: u64) -> Result<(), PlayerError> {
+        let removed = {
+            let mut st = self.lock();
+            let s = st.sessions.get_mut(session).ok_or(PlayerError::SessionNotFound)?;
+            let p = s.players.remove(&guild);
+            if let Some(p) = &p {
+                st.by_id.remove(&p.id);
+            }
+            p
+        };
+        if let Some(p) = removed {
+            self.supervisor.send(p.worker, ToWorker::Player { player: p.id, command: PlayerCommand::Destroy });
+        }
+        Ok(())
+    }
+
+    /// Applies a validated update: creates the player if needed, records the new state and
+    /// sends the worker its commands. Returns the player's JSON.
+    pub fn apply(&self, session: &str, guild: u64, update: Resolved) -> Result<Value, PlayerError> {
+        let mut commands = Vec::new();
+        let json = {
+            let mut guard = self.lock();
+            let st = &mut *guard;
+            let s = st.sessions.get_mut(session).ok_or(PlayerError::SessionNotFound)?;
+            let user_id = s.user_id;
+            if !s.players.contains_key(&guild) {
+                let worker = self.place(&st.sessions)?;
+                let id = self.next_player.fetch_add(1, Ordering::Relaxed);
+                commands.push((worker, id, PlayerCommand::Create { guild_id: guild, user_id }));
+                st.by_id.insert(id, (session.to_string(), guild));
+                let s = st.sessions.get_mut(session).ok_or(PlayerError::SessionNotFound)?;
+                s.players.insert(guild, Player::new(id, worker, guild));
+            }
+            let s = st.sessions.get_mut(session).ok_or(PlayerError::SessionNotFound)?;
+            let p = s.players.get_mut(&guild).ok_or(PlayerError::PlayerNotFound)?;
+            for c in update.apply_to(p, &self.next_track) {
+                commands.push((p.worker, p.id, c));
+            }
+            player_json(p)
+        };
+        for (worker, player, command) in commands {
+            if !self.supervisor.send(worker, ToWorker::Player { player, command }) {
+                warn!(worker, player, "could not reach the player's worker");
+            }
+        }
+        Ok(json)
+    }
+
+    /// The ready worker with the fewest players, below the per-worker cap.
+    fn place(&self, sessions: &HashMap<String, Session>) -> Result<u32, PlayerError> {
+        let mut counts: HashMap<u32, usize> = self.supervisor.ready_workers().into_iter().map(|w| (w, 0)).collect();
+        for p in sessions.values().flat_map(|s| s.players.values()) {
+            if let Some(n) = counts.get_mut(&p.worker) {
+                *n += 1;
+            }
+        }
+        counts
+            .into_iter()
+            .filter(|(_, n)| *n < self.players_per_worker)
+            .min_by_key(|(w, n)| (*n, *w))
+            .map(|(w, _)| w)
+            .ok_or(PlayerError::NoCapacity)
+    }
+
+    /// Handles an event a worker reported about one of its players.
+    pub fn on_event(&self, worker: u32, player: u64, event: PlayerEvent) {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let Some((sid, guild)) = st.by_id.get(&player).cloned() else {
+            debug!(player, "event for a player that is gone");
+            return;
+        };
+        let Some(s) = st.sessions.get_mut(&sid) else { return };
+        let Some(p) = s.players.get_mut(&guild) else { return };
+        if p.worker != worker {
+            // Worker frames are hostile: a worker may only speak for its own players.
+            warn!(worker, player, "worker reported on a player it does not host; ignored");
+            return;
+        }
+        let guild_id = guild.to_string();
+        let event_op = |kind: &str, track: &PlayerTrack, extra: Value| {
+            let mut ev = json!({"op": "event", "type": kind, "guildId": guild_id, "track": track_json_with(&track.data, track.encoded.clone(), &track.user_data)});
+            if let (Some(obj), Value::Object(more)) = (ev.as_object_mut(), extra) {
+                obj.extend(more);
+            }
+            ev.to_string()
+        };
+        let msg = match event {
+            PlayerEvent::TrackStart { track_seq } => p.live_tracks.get(&track_seq).map(|t| event_op("TrackStartEvent", t, json!({}))),
+            PlayerEvent::TrackEnd { track_seq, reason } => {
+                let ended = p.live_tracks.remove(&track_seq);
+                if p.track.as_ref().is_some_and(|t| t.seq == track_seq) {
+                    p.track = None;
+                }
+                ended.map(|t| event_op("TrackEndEvent", &t, json!({"reason": end_reason(reason)})))
+            }
+            PlayerEvent::TrackException { track_seq, exception } => p
+                .live_tracks
+                .get(&track_seq)
+                .map(|t| event_op("TrackExceptionEvent", t, json!({"exception": exception_json(&exception)}))),
+            PlayerEvent::TrackStuck { track_seq, threshold_ms } => {
+                p.live_tracks.get(&track_seq).map(|t| event_op("TrackStuckEvent", t, json!({"thresholdMs": threshold_ms})))
+            }
+            PlayerEvent::State(state) => {
+                p.state = state;
+                Some(json!({"op": "playerUpdate", "guildId": guild_id, "state": state_json(&state)}).to_string())
+            }
+            PlayerEvent::VoiceClosed { code, reason, by_remote } => Some(
+                json!({"op": "event", "type": "WebSocketClosedEvent", "guildId": guild_id, "code": code, "reason": reason, "byRemote": by_remote})
+                    .to_string(),
+            ),
+            PlayerEvent::Frames { .. } => None,
+        };
+        if let Some(msg) = msg {
+            let _ = s.out.send(msg);
+        }
+    }
+}
+
+impl Player {
+    fn new(id: u64, worker: u32, guild_id: u64) -> Self {
+        Self {
+            id,
+            worker,
+            guild_id,
+            track: None,
+            live_tracks: HashMap::new(),
+            volume: 100,
+            paused: false,
+            end_time: None,
+            voice: None,
+            filters: json!({}),
+            state: PlayerState { time_ms: crate::http::error::now_ms(), position_ms: 0, connected: false, ping_ms: -1 },
+        }
+    }
+}
+
+pub fn end_reason(r: EndReason) -> &'static str {
+    match r {
+        EndReason::Finished => "finished",
+        EndReason::LoadFailed => "loadFailed",
+        EndReason::Stopped => "stopped",
+        EndReason::Replaced => "replaced",
+        EndReason::Cleanup => "cleanup",
+    }
+}
+
+fn state_json(s: &PlayerState) -> Value {
+    json!({"time": s.time_ms, "position": s.position_ms, "connected": s.connected, "ping": s.ping_ms})
+}
+
+/// Lavalink's Player object.
+pub fn player_json(p: &Player) -> Value {
+    let track = p.track.as_ref().map(|t| {
+        let mut data = t.data.clone();
+        data.info.position = p.state.position_ms;
+        track_json_with(&data, t.encoded.clone(), &t.user_data)
+    });
+    let voice = match &p.voice {
+        Some(v) => json!({"token": v.token, "endpoint": v.endpoint, "sessionId": v.session_id, "channelId": v.channel_id}),
+        None => json!({"token": "", "endpoint": "", "sessionId": "", "channelId": null}),
+    };
+    json!({
+        "guildId": p.guild_id.to_string(),
+        "track": track,
+        "volume": p.volume,
+        "paused": p.paused,
+        "state": state_json(&p.state),
+        "voice": voice,
+        "filters": p.filters,
+    })
+}

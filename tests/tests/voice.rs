@@ -1,0 +1,279 @@
+//! Voice, end to end: real gateway and workers, real songbird voice connections to the voice test
+//! double, and the audio that arrives there decoded and measured.
+
+use caldera_tests::audio::{fixture_bytes, sine_wav};
+use caldera_tests::client::Session;
+use caldera_tests::http_server::{Route, TestServer};
+use caldera_tests::voice::{Audio, VoiceServer};
+use caldera_tests::{Node, NodeOptions};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const CHANNEL: &str = "900000000000000001";
+
+struct Rig {
+    voice: VoiceServer,
+    media: TestServer,
+    node: Node,
+    session: Session,
+}
+
+fn rig(workers: usize) -> Rig {
+    let voice = VoiceServer::start();
+    let media = TestServer::start();
+    let node = Node::start_with(NodeOptions {
+        workers,
+        env: vec![("SSL_CERT_FILE".into(), voice.ca_file().display().to_string())],
+        yaml: format!("lavalink:\n  server:\n    playerUpdateInterval: 1\ncaldera:\n  workers: {workers}\n"),
+        ..Default::default()
+    });
+    let session = Session::connect(&node);
+    Rig { voice, media, node, session }
+}
+
+impl Rig {
+    fn voice_state(&self, guild: u64) -> Value {
+        json!({"token": format!("token-{guild}"), "endpoint": self.voice.endpoint(), "sessionId": format!("voice-session-{guild}"), "channelId": CHANNEL})
+    }
+
+    /// Serves `bytes` at `path` and starts playing it in `guild`, connected to the voice double.
+    fn play(&self, guild: u64, path: &str, bytes: Vec<u8>, extra: Value) -> Value {
+        self.media.route(path, Route::file(bytes, "application/octet-stream"));
+        let mut body = json!({"voice": self.voice_state(guild), "track": {"identifier": self.media.url(path)}});
+        if let (Some(b), Value::Object(e)) = (body.as_object_mut(), extra) {
+            b.extend(e);
+        }
+        let (status, player) = self.session.patch(guild, body);
+        assert_eq!(status, 200, "{player}");
+        player
+    }
+
+    fn ended(&self, guild: u64, timeout: Duration) -> (Instant, Value) {
+        self.session.wait_event("TrackEndEvent", guild, timeout).unwrap_or_else(|| panic!("no TrackEndEvent for {guild}: {:#?}", self.session.messages()))
+    }
+}
+
+fn assert_clean_tone(audio: &Audio, freq: f64, expected_packets: usize, what: &str) {
+    let tone = audio.non_silent();
+    assert!(
+        tone.packets() as f64 >= expected_packets as f64 * 0.95,
+        "{what}: {} audible packets, expected ≥ 95% of {expected_packets}",
+        tone.packets()
+    );
+    let f = tone.dominant_frequency();
+    assert!((f - freq).abs() <= freq * 0.02, "{what}: dominant frequency {f:.1} Hz, expected {freq} Hz");
+    // Gaps are measured over the audible part: from the first to the last tone packet.
+    let first = tone.first_arrival().unwrap();
+    let span = tone.last_arrival().unwrap() - first;
+    let gap = audio.slice(first - audio.first_arrival().unwrap(), span + (first - audio.first_arrival().unwrap())).max_gap();
+    assert!(gap < Duration::from_millis(100), "{what}: gap of {gap:?} in the audio");
+}
+
+#[test]
+fn mp3_and_ogg_arrive_as_440_hz_and_finish_on_time() {
+    let rig = rig(2);
+    for (guild, path, fixture) in [(111u64, "/tone.mp3", "sine440.mp3"), (222, "/tone.ogg", "sine440.ogg")] {
+        let player = rig.play(guild, path, fixture_bytes(fixture), json!({}));
+        assert_eq!(player["track"]["info"]["title"], "Sine 440");
+        assert_eq!(player["paused"], false);
+        let length = player["track"]["info"]["length"].as_u64().unwrap();
+        let start = rig.session.wait_event("TrackStartEvent", guild, Duration::from_secs(10)).expect("TrackStartEvent");
+        assert_eq!(start.1["track"]["info"]["title"], "Sine 440");
+        let conn = rig.voice.wait_connection(guild, Duration::from_secs(15));
+        assert_eq!(conn.identify().token, format!("token-{guild}"));
+        let (ended_at, end) = rig.ended(guild, Duration::from_secs(15));
+        assert_eq!(end["reason"], "finished", "{end}");
+        std::thread::sleep(Duration::from_millis(200));
+        let audio = conn.audio();
+        assert_eq!(conn.decrypt_errors(), 0);
+        assert_clean_tone(&audio, 440.0, (length / 20) as usize, fixture);
+        // TrackEnd comes when the audio has been played out, not when decoding finished.
+        let first = audio.non_silent().first_arrival().unwrap();
+        let took = ended_at.duration_since(first).as_millis() as i64;
+        assert!((took - length as i64).abs() <= 500, "{fixture}: TrackEnd {took} ms after the first audio, track is {length} ms");
+    }
+}
+
+#[test]
+fn volume_50_is_6_db_quieter() {
+    let rig = rig(2);
+    let wav = sine_wav(440.0, 3.0, 48_000, 2, 0.5);
+    rig.play(301, "/loud.wav", wav.clone(), json!({"volume": 100}));
+    rig.play(302, "/quiet.wav", wav, json!({"volume": 50}));
+    rig.ended(301, Duration::from_secs(15));
+    rig.ended(302, Duration::from_secs(15));
+    let level = |guild| {
+        let tone = rig.voice.wait_connection(guild, Duration::from_secs(1)).audio().non_silent();
+        // The steady middle of the track.
+        let mid = tone.slice(Duration::from_millis(500), Duration::from_millis(2500));
+        (mid.rms_dbfs(0), mid.rms_dbfs(1))
+    };
+    let (l100, r100) = level(301);
+    let (l50, r50) = level(302);
+    for (loud, quiet) in [(l100, l50), (r100, r50)] {
+        let diff = quiet - loud;
+        assert!((diff + 6.02).abs() <= 1.0, "volume 50 vs 100: {diff:.2} dB ({quiet:.2} vs {loud:.2})");
+    }
+}
+
+#[test]
+fn pause_resume_and_seek() {
+    let rig = rig(1);
+    let guild = 401;
+    rig.play(guild, "/long.wav", sine_wav(440.0, 6.0, 44_100, 2, 0.5), json!({}));
+    let conn = rig.voice.wait_connection(guild, Duration::from_secs(15));
+    assert!(conn.wait_packets(50, Duration::from_secs(10)), "no audio");
+    let (status, player) = rig.session.patch(guild, json!({"paused": true}));
+    assert_eq!(status, 200);
+    assert_eq!(player["paused"], true);
+    let paused_at = Instant::now();
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, p1) = rig.session.get_player(guild);
+    let packets_then = conn.audio().non_silent().packets();
+    std::thread::sleep(Duration::from_millis(1000));
+    let (_, p2) = rig.session.get_player(guild);
+    assert_eq!(conn.audio().non_silent().packets(), packets_then, "audio kept coming while paused");
+    let pos1 = p1["state"]["position"].as_u64().unwrap();
+    let pos2 = p2["state"]["position"].as_u64().unwrap();
+    assert!(pos2.abs_diff(pos1) <= 40, "position moved while paused: {pos1} → {pos2}");
+    assert!(pos1 >= 900, "position {pos1} after ~1 s of audio");
+
+    let (_, player) = rig.session.patch(guild, json!({"paused": false}));
+    assert_eq!(player["paused"], false);
+    assert!(conn.wait_packets(packets_then + 50, Duration::from_secs(5)), "audio did not resume");
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, p3) = rig.session.get_player(guild);
+    let pos3 = p3["state"]["position"].as_u64().unwrap();
+    assert!(pos3 > pos2 + 200 && pos3 < pos2 + 1500, "resumed from {pos2}, now {pos3} ({:?} since pause)", paused_at.elapsed());
+
+    // Seek to 5 s of 6: the track ends about 1 s later.
+    let (status, player) = rig.session.patch(guild, json!({"position": 5000}));
+    assert_eq!(status, 200);
+    assert_eq!(player["state"]["position"], 5000);
+    let seeked = Instant::now();
+    let (ended_at, end) = rig.ended(guild, Duration::from_secs(10));
+    assert_eq!(end["reason"], "finished");
+    let took = ended_at.duration_since(seeked).as_millis();
+    assert!((500..=1700).contains(&took), "ended {took} ms after seeking to 1 s before the end");
+}
+
+#[test]
+fn two_guilds_on_two_workers_hear_their_own_tone() {
+    let rig = rig(2);
+    rig.play(501, "/a.wav", sine_wav(440.0, 3.0, 48_000, 2, 0.5), json!({}));
+    rig.play(502, "/b.wav", sine_wav(880.0, 3.0, 48_000, 2, 0.5), json!({}));
+    rig.ended(501, Duration::from_secs(15));
+    rig.ended(502, Duration::from_secs(15));
+    for (guild, freq) in [(501, 440.0), (502, 880.0)] {
+        let audio = rig.voice.wait_connection(guild, Duration::from_secs(1)).audio();
+        assert_clean_tone(&audio, freq, 150, &format!("guild {guild}"));
+    }
+    // Placed on different workers: each worker logs its own players' voice connections.
+    let worker_of = |guild: u64| {
+        let line = rig.node.logs.wait_for(&format!("guild_id={guild}}}: caldera_worker::player: voice connected"), Duration::from_secs(1)).expect("voice connected log");
+        line.split("worker{id=").nth(1).and_then(|r| r.split('}').next()).unwrap().to_string()
+    };
+    assert_ne!(worker_of(501), worker_of(502));
+}
+
+#[test]
+fn stop_replace_destroy_and_events() {
+    let rig = rig(1);
+    let guild = 601;
+    rig.play(guild, "/first.wav", sine_wav(440.0, 5.0, 48_000, 2, 0.5), json!({}));
+    rig.session.wait_event("TrackStartEvent", guild, Duration::from_secs(10)).unwrap();
+    let conn = rig.voice.wait_connection(guild, Duration::from_secs(15));
+    assert!(conn.wait_packets(20, Duration::from_secs(10)));
+    // Replacing: TrackEnd(replaced) for the old track, then TrackStart for the new one.
+    rig.play(guild, "/second.wav", sine_wav(660.0, 5.0, 48_000, 2, 0.5), json!({}));
+    let (end_at, end) = rig.ended(guild, Duration::from_secs(5));
+    assert_eq!(end["reason"], "replaced");
+    assert!(end["track"]["info"]["uri"].as_str().unwrap().ends_with("/first.wav"));
+    let (start_at, start) = rig
+        .session
+        .wait_for_at(|m| m["type"] == "TrackStartEvent" && m["track"]["info"]["uri"].as_str().is_some_and(|u| u.ends_with("/second.wav")), Duration::from_secs(5))
+        .unwrap();
+    assert!(start_at >= end_at, "TrackStart of the new track came before TrackEnd of the old: {start}");
+    // The voice connection was reused, not reopened.
+    assert_eq!(rig.voice.connections(guild).len(), 1);
+    // Stop: encoded null → TrackEnd stopped, track null.
+    let (_, player) = rig.session.patch(guild, json!({"track": {"encoded": null}}));
+    assert_eq!(player["track"], Value::Null);
+    let stopped = rig.session.wait_for(|m| m["type"] == "TrackEndEvent" && m["reason"] == "stopped", Duration::from_secs(5)).expect("TrackEnd stopped");
+    assert!(stopped["track"]["info"]["uri"].as_str().unwrap().ends_with("/second.wav"));
+    // playerUpdate ops arrive with connected state.
+    let update = rig.session.wait_for(|m| m["op"] == "playerUpdate" && m["state"]["connected"] == true, Duration::from_secs(5)).expect("playerUpdate");
+    assert!(update["state"]["time"].as_i64().unwrap() > 0);
+    // Destroy: 204, the voice connection closes, the player is gone.
+    assert_eq!(rig.session.delete_player(guild), 204);
+    assert_eq!(rig.session.delete_player(guild), 204);
+    assert_eq!(rig.session.get_player(guild).0, 404);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while conn.ws_closed().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(conn.ws_closed().is_some(), "voice websocket still open after destroy");
+}
+
+#[test]
+fn player_validation_and_unknown_session() {
+    let rig = rig(1);
+    let bad = [
+        json!({"voice": {"token": "t", "endpoint": "e", "sessionId": "", "channelId": CHANNEL}}),
+        json!({"voice": {"token": "t", "endpoint": "e", "sessionId": "s"}}),
+        json!({"volume": 1001}),
+        json!({"volume": -1}),
+        json!({"track": {"encoded": "abc", "identifier": "x"}}),
+        json!({"track": {"encoded": "abc"}, "encodedTrack": "abc"}),
+        json!({"track": {"encoded": "not a track"}}),
+        json!({"track": {"identifier": "ytsearch:nothing"}}),
+        json!({"position": -5}),
+        json!({"endTime": 0}),
+        json!({"volume": "loud"}),
+    ];
+    for body in bad {
+        let (status, err) = rig.session.patch(700, body.clone());
+        assert_eq!(status, 400, "{body} → {err}");
+        assert!(err["message"].is_string(), "{err}");
+    }
+    let res = rig
+        .node
+        .client()
+        .patch(rig.node.url("/v4/sessions/nosuchsession0000/players/1"))
+        .header("Authorization", caldera_tests::PASSWORD)
+        .json(&json!({"volume": 10}))
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    assert_eq!(res.json::<Value>().unwrap()["message"], "Session not found");
+    let ready = &rig.session.ready;
+    assert_eq!(ready["resumed"], false);
+    let id = ready["sessionId"].as_str().unwrap();
+    assert_eq!(id.len(), 16);
+    assert!(id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
+}
+
+#[test]
+fn python_lavalink_client_plays_a_track() {
+    let rig = rig(1);
+    let guild = 801u64;
+    rig.media.route("/py.mp3", Route::file(fixture_bytes("sine440.mp3"), "audio/mpeg"));
+    let addr = rig.node.addr.unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/play.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .args([addr.ip().to_string(), addr.port().to_string(), caldera_tests::PASSWORD.into(), rig.media.url("/py.mp3"), rig.voice.endpoint(), guild.to_string()])
+        .output()
+        .expect("python3 (scripts/setup.sh installs it and the lavalink package)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "python client failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let seen: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let events = seen["events"].as_array().unwrap();
+    assert_eq!(events[0]["type"], "TrackStartEvent", "{seen}");
+    assert_eq!(events[0]["title"], "Sine 440");
+    let end = events.iter().find(|e| e["type"] == "TrackEndEvent").expect("TrackEndEvent");
+    assert!(end["reason"].as_str().unwrap().to_lowercase().contains("finished"), "{seen}");
+    // And the audio really went to the voice server.
+    let audio = rig.voice.wait_connection(guild, Duration::from_secs(1)).audio();
+    assert_clean_tone(&audio, 440.0, 150, "python client");
+}
