@@ -17,6 +17,10 @@ pub enum Route {
     Stream { chunk: Arc<Vec<u8>>, content_type: String, icy: Option<Icy> },
     /// Reads the request and never answers (until the server is dropped or 60 s pass).
     Hang,
+    /// A file (with Range support) whose full-length answers promise every byte but send only
+    /// `after` bytes, then stall for `hold` and drop the connection — a download that stalls or
+    /// is cut mid-way. Range answers are whole.
+    Cut { body: Arc<Vec<u8>>, content_type: String, after: usize, hold: Duration },
 }
 
 #[derive(Clone)]
@@ -115,11 +119,30 @@ fn serve(stream: TcpStream, routes: &Mutex<HashMap<String, Route>>, hits: &Mutex
             std::thread::sleep(Duration::from_secs(60));
             Ok(())
         }
+        Some(Route::Cut { body, content_type, after, hold }) => {
+            let headers = vec![("Content-Type", content_type), ("Accept-Ranges", "bytes".into())];
+            if let Some(start) = range_start(range.as_deref()) {
+                let start = start.min(body.len());
+                let mut h = headers;
+                h.push(("Content-Range", format!("bytes {start}-{}/{}", body.len() - 1, body.len())));
+                return respond(&mut out, 206, &h, &body[start..]);
+            }
+            let mut head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+            for (k, v) in &headers {
+                head.push_str(&format!("{k}: {v}\r\n"));
+            }
+            head.push_str("\r\n");
+            out.write_all(head.as_bytes())?;
+            out.write_all(&body[..after.min(body.len())])?;
+            out.flush()?;
+            std::thread::sleep(hold);
+            out.shutdown(std::net::Shutdown::Both)
+        }
         Some(Route::File { body, content_type, ranges }) => {
             let mut headers = vec![("Content-Type", content_type)];
             if ranges {
                 headers.push(("Accept-Ranges", "bytes".into()));
-                if let Some(start) = range.as_deref().and_then(|r| r.strip_prefix("bytes=")).and_then(|r| r.split('-').next()).and_then(|s| s.parse::<usize>().ok()) {
+                if let Some(start) = range_start(range.as_deref()) {
                     if start >= body.len() {
                         return respond(&mut out, 416, &[("Content-Range", format!("bytes */{}", body.len()))], b"");
                     }
@@ -169,6 +192,10 @@ fn serve(stream: TcpStream, routes: &Mutex<HashMap<String, Route>>, hits: &Mutex
             Ok(())
         }
     }
+}
+
+fn range_start(range: Option<&str>) -> Option<usize> {
+    range?.strip_prefix("bytes=")?.split('-').next()?.parse().ok()
 }
 
 fn icy_block(title: &str) -> Vec<u8> {

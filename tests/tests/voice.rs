@@ -19,12 +19,16 @@ struct Rig {
 }
 
 fn rig(workers: usize) -> Rig {
+    rig_with(workers, "")
+}
+
+fn rig_with(workers: usize, lavalink_server_yaml: &str) -> Rig {
     let voice = VoiceServer::start();
     let media = TestServer::start();
     let node = Node::start_with(NodeOptions {
         workers,
         env: vec![("SSL_CERT_FILE".into(), voice.ca_file().display().to_string())],
-        yaml: format!("lavalink:\n  server:\n    playerUpdateInterval: 1\ncaldera:\n  workers: {workers}\n"),
+        yaml: format!("lavalink:\n  server:\n    playerUpdateInterval: 1\n{lavalink_server_yaml}caldera:\n  workers: {workers}\n"),
         ..Default::default()
     });
     let session = Session::connect(&node);
@@ -276,4 +280,82 @@ fn python_lavalink_client_plays_a_track() {
     // And the audio really went to the voice server.
     let audio = rig.voice.wait_connection(guild, Duration::from_secs(1)).audio();
     assert_clean_tone(&audio, 440.0, 150, "python client");
+}
+
+#[test]
+fn failures_during_playback_are_track_exceptions_not_crashes() {
+    let rig = rig(1);
+    let worker = rig.node.wait_workers(1, Duration::from_secs(10))[0];
+
+    // A download cut after a third: TrackStart, then TrackException + TrackEnd(loadFailed).
+    let wav = sine_wav(440.0, 6.0, 48_000, 2, 0.5);
+    let cut_at = wav.len() / 3;
+    rig.media.route("/cut.wav", Route::Cut { body: wav.into(), content_type: "audio/wav".into(), after: cut_at, hold: Duration::from_millis(200) });
+    let (status, body) = rig.session.patch(901, json!({"voice": rig.voice_state(901), "track": {"identifier": rig.media.url("/cut.wav")}}));
+    assert_eq!(status, 200, "{body}");
+    let (_, exception) = rig.session.wait_event("TrackExceptionEvent", 901, Duration::from_secs(15)).expect("TrackExceptionEvent");
+    assert!(exception["exception"]["message"].is_string(), "{exception}");
+    assert_eq!(exception["exception"]["severity"], "suspicious");
+    let (_, end) = rig.ended(901, Duration::from_secs(5));
+    assert_eq!(end["reason"], "loadFailed");
+    // Part of the track was heard before the cut.
+    let heard = rig.voice.wait_connection(901, Duration::from_secs(1)).audio().non_silent().packets();
+    assert!(heard >= 20, "only {heard} packets before the cut");
+
+    // A track from a source this node does not have (Lavalink's docs example, youtube).
+    let youtube = "QAAAjQIAJVJpY2sgQXN0bGV5IC0gTmV2ZXIgR29ubmEgR2l2ZSBZb3UgVXAADlJpY2tBc3RsZXlWRVZPAAAAAAADPCAAC2RRdzR3OVdnWGNRAAEAK2h0dHBzOi8vd3d3LnlvdXR1YmUuY29tL3dhdGNoP3Y9ZFF3NHc5V2dYY1EAB3lvdXR1YmUAAAAAAAAAAA==";
+    let (status, body) = rig.session.patch(902, json!({"voice": rig.voice_state(902), "track": {"encoded": youtube}}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["track"]["info"]["sourceName"], "youtube");
+    let (_, exception) = rig.session.wait_event("TrackExceptionEvent", 902, Duration::from_secs(10)).expect("TrackExceptionEvent");
+    assert_eq!(exception["exception"]["severity"], "common");
+    assert_eq!(rig.ended(902, Duration::from_secs(5)).1["reason"], "loadFailed");
+
+    // The worker is the same process throughout: nothing crashed.
+    assert_eq!(rig.node.worker_pids(), vec![worker]);
+    assert_eq!(rig.node.logs.count("worker exited"), 0);
+}
+
+#[test]
+fn ping_is_measured_once_connected() {
+    let rig = rig(1);
+    let guild = 951;
+    let (_, before) = rig.session.patch(guild, json!({"volume": 100}));
+    assert_eq!(before["state"]["connected"], false);
+    assert_eq!(before["state"]["ping"], -1);
+    rig.play(guild, "/ping.wav", sine_wav(440.0, 4.0, 48_000, 2, 0.5), json!({}));
+    let update = rig
+        .session
+        .wait_for(|m| m["op"] == "playerUpdate" && m["state"]["connected"] == true && m["state"]["ping"].as_i64().is_some_and(|p| p >= 0), Duration::from_secs(10))
+        .expect("a playerUpdate with a measured ping");
+    // Loopback: well under a second.
+    assert!(update["state"]["ping"].as_i64().unwrap() < 1000, "{update}");
+}
+
+#[test]
+fn a_stalled_source_is_silence_on_the_clock_and_a_track_stuck_event() {
+    let rig = rig_with(1, "    trackStuckThresholdMs: 1000\n");
+    let guild = 961;
+    let wav = sine_wav(440.0, 6.0, 48_000, 2, 0.5);
+    // About 1.5 s of audio, then the server goes quiet (connection held open).
+    let after = 44 + 48_000 * 4 * 3 / 2;
+    rig.media.route("/stall.wav", Route::Cut { body: wav.into(), content_type: "audio/wav".into(), after, hold: Duration::from_secs(20) });
+    let (status, body) = rig.session.patch(guild, json!({"voice": rig.voice_state(guild), "track": {"identifier": rig.media.url("/stall.wav")}}));
+    assert_eq!(status, 200, "{body}");
+    let (_, stuck) = rig.session.wait_event("TrackStuckEvent", guild, Duration::from_secs(15)).expect("TrackStuckEvent");
+    assert_eq!(stuck["thresholdMs"], 1000);
+    assert!(stuck["track"]["info"]["uri"].as_str().unwrap().ends_with("/stall.wav"));
+    // The track is not stopped by being stuck.
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, player) = rig.session.get_player(guild);
+    assert!(player["track"].is_object(), "stuck track was dropped: {player}");
+    assert!(rig.session.wait_event("TrackEndEvent", guild, Duration::from_millis(10)).is_none());
+    // The audio clock kept running: packets (silent) kept arriving at the voice server.
+    let conn = rig.voice.wait_connection(guild, Duration::from_secs(1));
+    let audio = conn.audio();
+    let tone = audio.non_silent();
+    assert!(tone.packets() >= 60 && tone.packets() <= 90, "{} tone packets from 1.5 s of audio", tone.packets());
+    let after_tone = audio.slice(tone.last_arrival().unwrap() - audio.first_arrival().unwrap(), Duration::from_secs(60));
+    assert!(after_tone.packets() >= 40, "the clock stalled with the source: {} packets after the tone", after_tone.packets());
+    assert!(after_tone.max_gap() < Duration::from_millis(100));
 }

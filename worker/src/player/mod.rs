@@ -4,6 +4,7 @@
 
 mod decoder;
 mod pipe;
+mod ping;
 mod ring;
 
 use caldera_protocol::{
@@ -34,6 +35,7 @@ pub enum Internal {
     Stuck { track_seq: u64 },
     VoiceConnected,
     VoiceDisconnected { code: Option<u16>, reason: String },
+    Ping(i64),
 }
 
 /// The handle the IPC loop keeps for each player.
@@ -78,6 +80,8 @@ struct Player {
     driver: Driver,
     voice: Option<VoiceServer>,
     connected: Arc<AtomicBool>,
+    /// Last measured round trip to the voice server (ms), -1 when unknown.
+    ping_ms: i64,
     current: Option<Current>,
     paused: bool,
     controls: Arc<Controls>,
@@ -103,6 +107,7 @@ impl Player {
             driver,
             voice: None,
             connected: Arc::new(AtomicBool::new(false)),
+            ping_ms: -1,
             current: None,
             paused: false,
             controls: Arc::new(Controls::new(100)),
@@ -125,6 +130,7 @@ impl Player {
                 },
                 Some(ev) = self.internal_rx.recv() => self.internal(ev).await,
                 _ = updates.tick() => {
+                    self.measure_ping();
                     if self.current.is_some() {
                         self.send_state().await;
                     }
@@ -141,6 +147,16 @@ impl Player {
         debug!("player destroyed");
     }
 
+    /// Measures the round trip to the voice server in the background (see `ping`).
+    fn measure_ping(&self) {
+        let (Some(v), true) = (&self.voice, self.connected.load(Ordering::Relaxed)) else { return };
+        let endpoint = v.endpoint.clone();
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(Internal::Ping(ping::measure(&endpoint).await));
+        });
+    }
+
     async fn emit(&self, event: PlayerEvent) {
         let _ = self.out.send(ToGateway::Player { player: self.id, event }).await;
     }
@@ -155,8 +171,7 @@ impl Player {
             time_ms: now_ms(),
             position_ms: self.position_ms(),
             connected,
-            // songbird does not expose its heartbeat round trip; -1 until it can be measured.
-            ping_ms: -1,
+            ping_ms: if connected { self.ping_ms } else { -1 },
         };
         self.emit(PlayerEvent::State(state)).await;
     }
@@ -291,10 +306,20 @@ impl Player {
             Internal::VoiceConnected => {
                 self.connected.store(true, Ordering::Relaxed);
                 info!("voice connected");
+                self.measure_ping();
                 self.send_state().await;
+            }
+            Internal::Ping(ms) => {
+                let first = self.ping_ms < 0 && ms >= 0;
+                self.ping_ms = ms;
+                // The first measurement after connecting is reported at once.
+                if first {
+                    self.send_state().await;
+                }
             }
             Internal::VoiceDisconnected { code, reason } => {
                 self.connected.store(false, Ordering::Relaxed);
+                self.ping_ms = -1;
                 info!(?code, %reason, "voice disconnected");
                 if let Some(code) = code {
                     self.emit(PlayerEvent::VoiceClosed { code, reason, by_remote: true }).await;
