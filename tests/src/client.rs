@@ -20,6 +20,9 @@ struct Inbox {
 pub struct Session {
     pub id: String,
     pub ready: Value,
+    /// The `Session-Resumed` response header of the handshake.
+    pub resumed_header: Option<String>,
+    ws: Arc<Mutex<tungstenite::WebSocket<TcpStream>>>,
     inbox: Arc<Inbox>,
     stream: TcpStream,
     base: String,
@@ -29,18 +32,39 @@ pub struct Session {
 impl Session {
     /// Opens `/v4/websocket` and waits for `ready`.
     pub fn connect(node: &Node) -> Session {
+        Self::connect_with(node, &[]).expect("websocket handshake")
+    }
+
+    /// Opens `/v4/websocket` with these headers replacing the defaults (a `None` value removes
+    /// one); `Err(status)` when the handshake is refused.
+    pub fn connect_with(node: &Node, headers: &[(&str, Option<&str>)]) -> Result<Session, u16> {
         let addr = node.addr.expect("node listening");
         let mut request = format!("ws://{addr}/v4/websocket").into_client_request().unwrap();
         let h = request.headers_mut();
         h.insert("Authorization", PASSWORD.parse().unwrap());
         h.insert("User-Id", USER_ID.to_string().parse().unwrap());
         h.insert("Client-Name", "caldera-tests/1.0".parse().unwrap());
+        for (name, value) in headers {
+            let name = tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap();
+            h.remove(&name);
+            if let Some(v) = value {
+                h.insert(name, v.parse().unwrap());
+            }
+        }
         let stream = TcpStream::connect(addr).unwrap();
-        let (mut ws, _) = tungstenite::client(request, stream.try_clone().unwrap()).expect("websocket handshake");
+        let (ws, response) = match tungstenite::client(request, stream.try_clone().unwrap()) {
+            Ok(ok) => ok,
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(res))) => return Err(res.status().as_u16()),
+            Err(e) => panic!("websocket handshake failed: {e}"),
+        };
+        let resumed_header = response.headers().get("session-resumed").and_then(|v| v.to_str().ok()).map(str::to_string);
+        stream.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let ws = Arc::new(Mutex::new(ws));
         let inbox = Arc::new(Inbox::default());
-        let sink = inbox.clone();
+        let (sink, reader) = (inbox.clone(), ws.clone());
         std::thread::spawn(move || loop {
-            match ws.read() {
+            let read = reader.lock().unwrap().read();
+            match read {
                 Ok(Message::Text(t)) => {
                     let v: Value = serde_json::from_str(&t).expect("server sent invalid JSON");
                     sink.messages.lock().unwrap().push((Instant::now(), v));
@@ -52,6 +76,10 @@ impl Session {
                     break;
                 }
                 Ok(_) => {}
+                Err(tungstenite::Error::Io(e)) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    // Let a writer in between reads.
+                    std::thread::sleep(Duration::from_millis(1));
+                }
                 Err(_) => {
                     sink.closed.lock().unwrap().get_or_insert((1006, String::new()));
                     sink.grew.notify_all();
@@ -62,6 +90,8 @@ impl Session {
         let mut s = Session {
             id: String::new(),
             ready: Value::Null,
+            resumed_header,
+            ws,
             inbox,
             stream,
             base: format!("http://{addr}"),
@@ -70,7 +100,25 @@ impl Session {
         let ready = s.wait_for(|m| m["op"] == "ready", Duration::from_secs(10)).expect("no ready op");
         s.id = ready["sessionId"].as_str().unwrap().to_string();
         s.ready = ready;
-        s
+        Ok(s)
+    }
+
+    /// Sends a text message (Lavalink ignores them).
+    pub fn send_text(&self, text: &str) {
+        self.ws.lock().unwrap().send(Message::Text(text.into())).expect("send");
+    }
+
+    /// `PATCH /v4/sessions/{id}`.
+    pub fn configure(&self, body: Value) -> (u16, Value) {
+        let res = self
+            .http
+            .patch(format!("{}/v4/sessions/{}", self.base, self.id))
+            .header("Authorization", PASSWORD)
+            .json(&body)
+            .send()
+            .unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().unwrap_or(Value::Null))
     }
 
     /// The first message (in arrival order) matching `pred`, waiting up to `timeout`.

@@ -5,6 +5,7 @@ pub mod audio;
 pub mod client;
 pub mod http_server;
 pub mod procfs;
+pub mod rig;
 pub mod voice;
 
 use std::io::{BufRead, BufReader};

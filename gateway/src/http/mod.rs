@@ -1,6 +1,6 @@
 //! The REST surface (axum): routes, authorization, Lavalink's headers and error shape.
 
-mod auth;
+pub(crate) mod auth;
 pub mod error;
 mod info;
 mod players;
@@ -40,7 +40,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v4/loadtracks", get(tracks::load_tracks))
         .route("/v4/decodetrack", get(tracks::decode_track))
         .route("/v4/decodetracks", post(tracks::decode_tracks))
-        .route("/v4/websocket", get(websocket::websocket))
+        .route("/v4/sessions/{session}", axum::routing::patch(websocket::update_session))
         .route("/v4/sessions/{session}/players", get(players::get_players))
         .route(
             "/v4/sessions/{session}/players/{guild}",
@@ -51,6 +51,8 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), auth::require_password));
     Router::new()
         .route("/version", get(info::version))
+        // The websocket checks the password itself: its handshake answers 401 for both cases.
+        .route("/v4/websocket", get(websocket::websocket))
         .merge(authorized)
         .layer(middleware::from_fn(error::error_body))
         .layer(middleware::map_response(api_version_header))

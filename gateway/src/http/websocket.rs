@@ -1,56 +1,81 @@
-//! `GET /v4/websocket`: a client session. On connect: `ready`; then the session's player
-//! events and updates. (Resume arrives with the players-and-sessions issue.)
+//! `GET /v4/websocket` and `PATCH /v4/sessions/{sessionId}`: client sessions, resumable as in
+//! Lavalink (lavalink-internals §3).
 
+use super::auth;
 use super::error::ApiError;
 use super::AppState;
+use axum::body::Bytes;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
-use serde_json::json;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 pub async fn websocket(State(state): State<AppState>, headers: HeaderMap, ws: WebSocketUpgrade) -> Result<Response, ApiError> {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-    let user_id = header("user-id")
+    // The websocket answers 401 for a missing *or* wrong password (Lavalink's handshake).
+    auth::check(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()), &state.password)
+        .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.message))?;
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let user_id = text("user-id")
         .and_then(|v| v.parse::<u64>().ok())
         .filter(|id| *id != 0)
         .ok_or_else(|| ApiError::bad_request("Missing or invalid User-Id header"))?;
-    let client_name = header("client-name").unwrap_or("unknown").chars().take(200).collect::<String>();
-    Ok(ws.on_upgrade(move |socket| run(state, socket, user_id, client_name)))
+    let client_name = text("client-name").unwrap_or("unknown").chars().take(200).collect::<String>();
+    // A Session-Id of a resumable session resumes it; anything else opens a new session.
+    let claim = text("session-id").and_then(|id| state.registry.claim(id).map(|generation| (id.to_string(), generation)));
+    let resumed = claim.is_some();
+    let mut res = ws.on_upgrade(move |socket| run(state, socket, user_id, client_name, claim));
+    res.headers_mut().insert("session-resumed", HeaderValue::from_static(if resumed { "true" } else { "false" }));
+    Ok(res)
 }
 
-async fn run(state: AppState, mut socket: WebSocket, user_id: u64, client_name: String) {
-    let session_id = new_session_id();
+async fn run(state: AppState, mut socket: WebSocket, user_id: u64, client_name: String, claim: Option<(String, u64)>) {
     let (out, mut rx) = mpsc::unbounded_channel::<String>();
-    state.registry.add_session(session_id.clone(), user_id, client_name.clone(), out);
-    info!(session = %session_id, user_id, client = %client_name, "session opened");
-    let ready = json!({"op": "ready", "resumed": false, "sessionId": session_id}).to_string();
-    if socket.send(Message::Text(ready.into())).await.is_ok() {
-        loop {
-            tokio::select! {
-                msg = rx.recv() => match msg {
-                    Some(text) => if socket.send(Message::Text(text.into())).await.is_err() { break },
-                    None => break,
-                },
-                incoming = socket.recv() => match incoming {
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                    // Lavalink v4 takes no client messages (lavalink-internals §5.9).
-                    Some(Ok(Message::Text(t))) => warn!(session = %session_id, len = t.len(), "ignoring a client text message"),
-                    Some(Ok(_)) => {}
-                },
-            }
+    let session_id = match claim {
+        Some((id, generation)) if state.registry.attach(&id, generation, out.clone()) => id,
+        _ => state.registry.open_session(user_id, client_name.clone(), out),
+    };
+    info!(session = %session_id, user_id, client = %client_name, "session connected");
+    loop {
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                Some(text) => if socket.send(Message::Text(text.into())).await.is_err() { break },
+                None => break,
+            },
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                // Lavalink v4 takes no client messages (lavalink-internals §5.9).
+                Some(Ok(Message::Text(t))) => warn!(session = %session_id, len = t.len(), "ignoring a client text message"),
+                // Pings are answered by the websocket layer.
+                Some(Ok(_)) => {}
+            },
         }
     }
-    state.registry.remove_session(&session_id);
-    info!(session = %session_id, "session closed");
+    state.registry.disconnected(&session_id);
+    info!(session = %session_id, "session disconnected");
 }
 
-/// 16 characters of [a-z0-9], as Lavalink's session ids.
-fn new_session_id() -> String {
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).expect("the OS random number generator is unavailable");
-    bytes.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SessionUpdate {
+    resuming: Option<bool>,
+    timeout: Option<i64>,
+}
+
+pub async fn update_session(State(state): State<AppState>, Path(id): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let update: SessionUpdate = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("Invalid session update: {e}")))?;
+    if let Some(t) = update.timeout {
+        if t < 0 {
+            return Err(ApiError::bad_request(format!("Timeout must not be negative, got {t}")));
+        }
+    }
+    let (resuming, timeout) = state
+        .registry
+        .configure_session(&id, update.resuming, update.timeout.map(|t| t as u64))
+        .ok_or_else(|| ApiError::not_found("Session not found"))?;
+    Ok(Json(json!({"resuming": resuming, "timeout": timeout})))
 }

@@ -2,8 +2,10 @@
 //! everything a client can see), the WebSocket sessions they belong to, and the relay of worker
 //! events to those sessions as Lavalink ops.
 
+mod sessions;
 mod update;
 
+pub use sessions::SessionLink;
 pub use update::{PlayerUpdate, Resolved, TrackChange, TrackRequest};
 
 use crate::http::tracks::{exception_json, track_json_with};
@@ -13,7 +15,6 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 /// A track given to a player, numbered so worker events can be matched to it.
@@ -54,8 +55,7 @@ pub struct Player {
 pub struct Session {
     pub user_id: u64,
     pub client_name: String,
-    /// Messages (JSON text) to the session's WebSocket.
-    pub out: mpsc::UnboundedSender<String>,
+    pub link: SessionLink,
     pub players: HashMap<u64, Player>,
 }
 
@@ -97,10 +97,6 @@ impl Registry {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn add_session(&self, id: String, user_id: u64, client_name: String, out: mpsc::UnboundedSender<String>) {
-        self.lock().sessions.insert(id, Session { user_id, client_name, out, players: HashMap::new() });
     }
 
     pub fn has_session(&self, id: &str) -> bool {
@@ -228,6 +224,7 @@ impl Registry {
             }
             ev.to_string()
         };
+        let is_update = matches!(event, PlayerEvent::State(_));
         let msg = match event {
             PlayerEvent::TrackStart { track_seq } => p.live_tracks.get(&track_seq).map(|t| event_op("TrackStartEvent", t, json!({}))),
             PlayerEvent::TrackEnd { track_seq, reason } => {
@@ -255,7 +252,7 @@ impl Registry {
             PlayerEvent::Frames { .. } => None,
         };
         if let Some(msg) = msg {
-            let _ = s.out.send(msg);
+            s.link.send(msg, is_update);
         }
     }
 }
@@ -288,7 +285,7 @@ pub fn end_reason(r: EndReason) -> &'static str {
     }
 }
 
-fn state_json(s: &PlayerState) -> Value {
+pub fn state_json(s: &PlayerState) -> Value {
     json!({"time": s.time_ms, "position": s.position_ms, "connected": s.connected, "ping": s.ping_ms})
 }
 

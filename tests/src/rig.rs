@@ -1,0 +1,73 @@
+//! A ready-made end-to-end rig: voice test double, media server, node, one client session.
+
+use crate::client::Session;
+use crate::http_server::{Route, TestServer};
+use crate::voice::{Audio, VoiceServer};
+use crate::{Node, NodeOptions};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+pub const CHANNEL: &str = "900000000000000001";
+
+pub struct Rig {
+    pub voice: VoiceServer,
+    pub media: TestServer,
+    pub node: Node,
+    pub session: Session,
+}
+
+pub fn rig(workers: usize) -> Rig {
+    rig_with(workers, "")
+}
+
+pub fn rig_with(workers: usize, lavalink_server_yaml: &str) -> Rig {
+    let voice = VoiceServer::start();
+    let media = TestServer::start();
+    let node = Node::start_with(NodeOptions {
+        workers,
+        env: vec![("SSL_CERT_FILE".into(), voice.ca_file().display().to_string())],
+        yaml: format!("lavalink:\n  server:\n    playerUpdateInterval: 1\n{lavalink_server_yaml}caldera:\n  workers: {workers}\n"),
+        ..Default::default()
+    });
+    let session = Session::connect(&node);
+    Rig { voice, media, node, session }
+}
+
+impl Rig {
+    pub fn voice_state(&self, guild: u64) -> Value {
+        json!({"token": format!("token-{guild}"), "endpoint": self.voice.endpoint(), "sessionId": format!("voice-session-{guild}"), "channelId": CHANNEL})
+    }
+
+    /// Serves `bytes` at `path` and starts playing it in `guild`, connected to the voice double.
+    pub fn play(&self, guild: u64, path: &str, bytes: Vec<u8>, extra: Value) -> Value {
+        self.media.route(path, Route::file(bytes, "application/octet-stream"));
+        let mut body = json!({"voice": self.voice_state(guild), "track": {"identifier": self.media.url(path)}});
+        if let (Some(b), Value::Object(e)) = (body.as_object_mut(), extra) {
+            b.extend(e);
+        }
+        let (status, player) = self.session.patch(guild, body);
+        assert_eq!(status, 200, "{player}");
+        player
+    }
+
+    pub fn ended(&self, guild: u64, timeout: Duration) -> (Instant, Value) {
+        self.session.wait_event("TrackEndEvent", guild, timeout).unwrap_or_else(|| panic!("no TrackEndEvent for {guild}: {:#?}", self.session.messages()))
+    }
+}
+
+pub fn assert_clean_tone(audio: &Audio, freq: f64, expected_packets: usize, what: &str) {
+    let tone = audio.non_silent();
+    assert!(
+        tone.packets() as f64 >= expected_packets as f64 * 0.95,
+        "{what}: {} audible packets, expected ≥ 95% of {expected_packets}",
+        tone.packets()
+    );
+    let f = tone.dominant_frequency();
+    assert!((f - freq).abs() <= freq * 0.02, "{what}: dominant frequency {f:.1} Hz, expected {freq} Hz");
+    // Gaps are measured over the audible part: from the first to the last tone packet.
+    let first = tone.first_arrival().unwrap();
+    let span = tone.last_arrival().unwrap() - first;
+    let gap = audio.slice(first - audio.first_arrival().unwrap(), span + (first - audio.first_arrival().unwrap())).max_gap();
+    assert!(gap < Duration::from_millis(100), "{what}: gap of {gap:?} in the audio");
+}
+
