@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs what building and testing Caldera needs on a fresh Debian machine (idempotent).
 # - cmake + a C toolchain: libopus is compiled from source by libopus_sys (songbird, opus2).
-# - python3 + pip: the client-compatibility tests use the real `lavalink` package from PyPI.
+# - python3 + pip, node + npm: the client-compatibility tests use real Lavalink client libraries
+#   (`lavalink` from PyPI, `lavalink-client` from npm, both pinned).
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
@@ -10,6 +12,7 @@ command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
 command -v git >/dev/null 2>&1 || need_apt+=(git)
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
@@ -23,6 +26,11 @@ if ! python3 -c 'import lavalink, sys; sys.exit(lavalink.__version__ != "5.11.1"
   echo "setup: installing the lavalink Python client"
   python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore "lavalink==5.11.1" \
     || python3 -m pip install -q --disable-pip-version-check --break-system-packages "lavalink==5.11.1"
+fi
+
+if [ ! -d tests/node/node_modules/lavalink-client ]; then
+  echo "setup: installing the lavalink-client npm package"
+  (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

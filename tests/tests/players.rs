@@ -132,3 +132,32 @@ fn malformed_and_oversized_requests() {
     let (status, err) = rig.session.patch(2301, json!({"track": {"identifier": rig.media.url("/list.m3u")}}));
     assert_eq!(status, 400, "{err}");
 }
+
+#[test]
+fn node_lavalink_client_connects_plays_pauses_seeks_resumes_and_destroys() {
+    let rig = rig(1);
+    let guild = 2401u64;
+    rig.media.route("/node.wav", caldera_tests::http_server::Route::file(sine_wav(440.0, 4.0, 48_000, 2, 0.5), "audio/wav"));
+    let addr = rig.node.addr.unwrap();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("node");
+    let out = std::process::Command::new("node")
+        .arg(dir.join("client.mjs"))
+        .args([addr.ip().to_string(), addr.port().to_string(), caldera_tests::PASSWORD.into(), rig.media.url("/node.wav"), rig.voice.endpoint(), guild.to_string()])
+        .current_dir(&dir)
+        .output()
+        .expect("node (scripts/setup.sh installs the npm packages)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "node client failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let seen: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(seen["seen"][0]["event"], "trackStart", "{seen}");
+    assert_eq!(seen["endReason"], "finished", "{seen}");
+    assert_eq!(seen["sameSession"], true, "{seen}");
+    // The audio reached the voice server, and the player is gone afterwards.
+    let conn = rig.voice.wait_connection(guild, Duration::from_secs(1));
+    assert!(conn.audio().non_silent().packets() > 50);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while conn.ws_closed().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(conn.ws_closed().is_some(), "destroy did not close the voice connection");
+}
