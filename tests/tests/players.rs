@@ -161,3 +161,46 @@ fn node_lavalink_client_connects_plays_pauses_seeks_resumes_and_destroys() {
     }
     assert!(conn.ws_closed().is_some(), "destroy did not close the voice connection");
 }
+
+#[test]
+fn deprecated_fields_and_a_request_flood() {
+    let rig = rig(1);
+    rig.media.route("/dep.wav", caldera_tests::http_server::Route::file(sine_wav(440.0, 1.0, 48_000, 2, 0.5), "audio/wav"));
+    let track = rig.node.load(&rig.media.url("/dep.wav"))["data"]["encoded"].as_str().unwrap().to_string();
+    // Deprecated top-level `encodedTrack` and `identifier` still work.
+    let (status, p) = rig.session.patch(2501, json!({"voice": rig.voice_state(2501), "encodedTrack": track}));
+    assert_eq!(status, 200, "{p}");
+    assert_eq!(p["track"]["encoded"], track.as_str());
+    let (status, p) = rig.session.patch(2502, json!({"voice": rig.voice_state(2502), "identifier": rig.media.url("/dep.wav")}));
+    assert_eq!(status, 200, "{p}");
+    assert!(p["track"].is_object());
+    rig.session.wait_event("TrackEndEvent", 2501, Duration::from_secs(10)).expect("deprecated encodedTrack played");
+    let (status, _) = rig.session.patch(2501, json!({"encodedTrack": null}));
+    assert_eq!(status, 200);
+
+    // A flood of requests from several clients at once, some dropped mid-request.
+    let url = rig.node.url(&format!("/v4/sessions/{}/players", rig.session.id));
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let (http, url, addr) = (rig.node.client().clone(), url.clone(), rig.node.addr.unwrap());
+            std::thread::spawn(move || {
+                for n in 0..50 {
+                    if n % 10 == i % 10 {
+                        // Send half a request and hang up.
+                        use std::io::Write;
+                        let mut s = std::net::TcpStream::connect(addr).unwrap();
+                        let _ = s.write_all(b"PATCH /v4/sessions/x/players/1 HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"vol");
+                        continue;
+                    }
+                    let res = http.get(&url).header("Authorization", caldera_tests::PASSWORD).send().unwrap();
+                    assert_eq!(res.status(), 200);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(rig.node.get("/v4/info").status(), 200);
+    assert_eq!(rig.session.get_player(2502).0, 200);
+}
