@@ -136,6 +136,52 @@ pub enum PlayerCommand {
     Destroy,
     /// Sets or clears the end marker of the current track.
     EndTime(Option<u64>),
+    /// Replaces the whole filter chain (lavalink-internals §5.2).
+    Filters(Filters),
+}
+
+/// Lavalink's filters, validated by the gateway (lavalink-internals §1.7). `None`/empty = off.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Filters {
+    pub volume: Option<f32>,
+    /// (band 0–14, gain −0.25…1.0)
+    pub equalizer: Vec<(u8, f32)>,
+    pub karaoke: Option<Karaoke>,
+    pub tremolo: Option<Lfo>,
+    pub vibrato: Option<Lfo>,
+    pub distortion: Option<Distortion>,
+    /// Rotation speed in Hz.
+    pub rotation: Option<f64>,
+    /// leftToLeft, leftToRight, rightToLeft, rightToRight.
+    pub channel_mix: Option<[f32; 4]>,
+    /// Smoothing factor (> 1 filters).
+    pub low_pass: Option<f32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Karaoke {
+    pub level: f32,
+    pub mono_level: f32,
+    pub filter_band: f32,
+    pub filter_width: f32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Lfo {
+    pub frequency: f32,
+    pub depth: f32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Distortion {
+    pub sin_offset: f32,
+    pub sin_scale: f32,
+    pub cos_offset: f32,
+    pub cos_scale: f32,
+    pub tan_offset: f32,
+    pub tan_scale: f32,
+    pub offset: f32,
+    pub scale: f32,
 }
 
 /// Why a track ended (Lavalink's TrackEndEvent reasons).

@@ -1,6 +1,7 @@
 //! caldera-worker as a library (STYLE §5): `run(config)` is the whole worker; the binary is a thin
 //! `main`. The worker connects to its gateway, proves it was spawned by it, then serves requests.
 
+pub mod dsp;
 mod ipc;
 mod player;
 mod process;

@@ -9,7 +9,7 @@ use serde::Serialize;
 /// Sources Caldera can actually load; `/v4/info` lists those of them the config enables.
 pub const IMPLEMENTED_SOURCES: &[&str] = &["http", "local"];
 /// Filters Caldera actually applies; `/v4/info` lists those of them the config enables.
-pub const IMPLEMENTED_FILTERS: &[&str] = &[];
+pub const IMPLEMENTED_FILTERS: &[&str] = crate::players::filters::IMPLEMENTED;
 
 pub async fn version() -> &'static str {
     env!("CARGO_PKG_VERSION")

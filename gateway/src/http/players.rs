@@ -61,6 +61,11 @@ pub async fn update_player(
     }
     let update: PlayerUpdate = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("Invalid player update: {e}")))?;
     let (request, user_data) = update.validate().map_err(ApiError::bad_request)?;
+    // Filters are checked before any track is loaded, so a bad request costs nothing.
+    let filters = match &update.filters {
+        Some(f) => Some(crate::players::filters::parse(f, &state.config.lavalink.server.filters).map_err(ApiError::bad_request)?),
+        None => None,
+    };
     let track = match request {
         TrackRequest::Keep => TrackChange::Keep,
         TrackRequest::Stop => TrackChange::Stop,
@@ -74,7 +79,7 @@ pub async fn update_player(
             TrackChange::Play { data: Box::new(data), encoded }
         }
     };
-    let resolved = Resolved::new(&update, track, user_data, query.no_replace);
+    let resolved = Resolved::new(&update, track, user_data, filters, query.no_replace);
     Ok(Json(state.registry.apply(&session, guild, resolved)?))
 }
 

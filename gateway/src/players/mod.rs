@@ -2,6 +2,7 @@
 //! everything a client can see), the WebSocket sessions they belong to, and the relay of worker
 //! events to those sessions as Lavalink ops.
 
+pub mod filters;
 mod sessions;
 mod update;
 

@@ -2,7 +2,7 @@
 //! applying an update to a player (lavalink-internals §1.2–1.5, §5.11).
 
 use super::{Player, PlayerTrack, Voice};
-use caldera_protocol::{PlayerCommand, TrackData, VoiceServer};
+use caldera_protocol::{Filters, PlayerCommand, TrackData, VoiceServer};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -136,7 +136,8 @@ pub struct Resolved {
     pub end_time: Option<Option<u64>>,
     pub volume: Option<u16>,
     pub paused: Option<bool>,
-    pub filters: Option<Value>,
+    /// The filters as sent (echoed in the player JSON) and as parsed.
+    pub filters: Option<(Value, Filters)>,
     pub voice: Option<Voice>,
     pub no_replace: bool,
 }
@@ -149,7 +150,13 @@ pub enum TrackChange {
 }
 
 impl Resolved {
-    pub fn new(update: &PlayerUpdate, track: TrackChange, user_data: Option<Value>, no_replace: bool) -> Self {
+    pub fn new(
+        update: &PlayerUpdate,
+        track: TrackChange,
+        user_data: Option<Value>,
+        filters: Option<Filters>,
+        no_replace: bool,
+    ) -> Self {
         Self {
             track,
             user_data,
@@ -157,7 +164,7 @@ impl Resolved {
             end_time: update.end_time.map(|e| e.map(|ms| ms as u64)),
             volume: update.volume.map(|v| v as u16),
             paused: update.paused,
-            filters: update.filters.clone(),
+            filters: update.filters.clone().zip(filters),
             voice: update.voice.as_ref().and_then(|v| voice_of(v).ok()),
             no_replace,
         }
@@ -181,8 +188,9 @@ impl Resolved {
             p.volume = volume;
             commands.push(PlayerCommand::Volume(volume));
         }
-        if let Some(filters) = self.filters {
-            p.filters = filters;
+        if let Some((raw, parsed)) = self.filters {
+            p.filters = raw;
+            commands.push(PlayerCommand::Filters(parsed));
         }
         if let Some(end) = self.end_time {
             p.end_time = end;

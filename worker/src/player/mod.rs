@@ -201,6 +201,7 @@ impl Player {
             }
             PlayerCommand::Volume(v) => self.controls.volume.store(v.min(1000) as u32, Ordering::Relaxed),
             PlayerCommand::EndTime(end) => self.controls.set_end_ms(end),
+            PlayerCommand::Filters(f) => self.controls.set_filters(f),
             PlayerCommand::Destroy => {}
         }
     }

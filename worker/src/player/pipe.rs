@@ -6,8 +6,10 @@ use super::ring::{Ring, CHANNELS, FRAME_SAMPLES, SAMPLE_RATE};
 use super::Internal;
 use caldera_protocol::EndReason;
 use std::io::{self, Read, Seek, SeekFrom};
+use crate::dsp::Processor;
+use caldera_protocol::Filters;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc::UnboundedSender;
 
 /// Frame counters of a player, shared with its task.
@@ -24,11 +26,24 @@ pub struct Controls {
     pub volume: AtomicU32,
     /// End marker in 48 kHz frames (`u64::MAX`: none).
     pub end_frames: AtomicU64,
+    /// The filters, and a counter bumped on every change (checked once per frame).
+    filters: Mutex<Filters>,
+    filters_version: AtomicU64,
 }
 
 impl Controls {
     pub fn new(volume: u16) -> Self {
-        Self { volume: AtomicU32::new(volume as u32), end_frames: AtomicU64::new(u64::MAX) }
+        Self {
+            volume: AtomicU32::new(volume as u32),
+            end_frames: AtomicU64::new(u64::MAX),
+            filters: Mutex::default(),
+            filters_version: AtomicU64::new(0),
+        }
+    }
+
+    pub fn set_filters(&self, filters: Filters) {
+        *self.filters.lock().unwrap_or_else(|e| e.into_inner()) = filters;
+        self.filters_version.fetch_add(1, Ordering::Release);
     }
 
     pub fn set_end_ms(&self, end_ms: Option<u64>) {
@@ -49,6 +64,9 @@ pub struct Pipe {
     offset: usize,
     samples: Vec<f32>,
     gain: f32,
+    dsp: Processor,
+    /// The filters version `dsp` was built from (`u64::MAX`: none yet).
+    dsp_version: u64,
     consecutive_nulled: u32,
     stuck_reported: bool,
     done: bool,
@@ -75,6 +93,8 @@ impl Pipe {
             offset: 0,
             samples: vec![0.0; FRAME_SAMPLES * CHANNELS],
             gain,
+            dsp: Processor::default(),
+            dsp_version: u64::MAX,
             consecutive_nulled: 0,
             stuck_reported: false,
             done: false,
@@ -124,6 +144,7 @@ impl Pipe {
             self.stuck_reported = true;
             let _ = self.events.send(Internal::Stuck { track_seq: self.track_seq });
         }
+        self.apply_filters();
         self.apply_volume();
         self.frame.clear();
         for s in &self.samples {
@@ -131,6 +152,17 @@ impl Pipe {
         }
         self.offset = 0;
         true
+    }
+
+    /// Applies the filter chain, picking up a change on this very frame.
+    fn apply_filters(&mut self) {
+        let version = self.controls.filters_version.load(Ordering::Acquire);
+        if version != self.dsp_version {
+            let filters = self.controls.filters.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            self.dsp.set(&filters);
+            self.dsp_version = version;
+        }
+        self.dsp.process(&mut self.samples);
     }
 
     /// Applies the volume with a ramp across the frame, so a change never clicks.

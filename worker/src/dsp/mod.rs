@@ -1,0 +1,109 @@
+//! Lavalink's filters as DSP in the worker (lavalink-internals §1.7), applied on the audio
+//! clock so a change is heard on the next frame. Order (§1.7.2): lowPass → channelMix →
+//! rotation → distortion → vibrato → tremolo → karaoke → equalizer → volume. Filters at their
+//! defaults are not built at all (no cost, bit-exact passthrough). A change crossfades from the
+//! old chain to the new one across a frame, so it never clicks.
+
+mod filters;
+
+pub use filters::{DistortionFilter, Filter, EQ_BANDS, SAMPLE_RATE};
+
+use caldera_protocol::Filters;
+use filters::*;
+
+pub struct Chain {
+    stages: Vec<Box<dyn Filter>>,
+}
+
+impl Chain {
+    /// Builds the enabled filters; `None` when nothing would change the audio.
+    pub fn build(f: &Filters) -> Option<Chain> {
+        let mut stages: Vec<Box<dyn Filter>> = Vec::new();
+        if let Some(s) = f.low_pass.filter(|s| *s > 1.0) {
+            stages.push(Box::new(LowPass::new(s)));
+        }
+        if let Some(m) = f.channel_mix.filter(|m| *m != [1.0, 0.0, 0.0, 1.0]) {
+            stages.push(Box::new(ChannelMix(m)));
+        }
+        if let Some(hz) = f.rotation.filter(|hz| *hz != 0.0) {
+            stages.push(Box::new(Rotation::new(hz)));
+        }
+        if let Some(d) = f.distortion {
+            let default = [0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0];
+            let values = [d.sin_offset, d.sin_scale, d.cos_offset, d.cos_scale, d.tan_offset, d.tan_scale, d.offset, d.scale];
+            if values != default {
+                stages.push(Box::new(DistortionFilter(d)));
+            }
+        }
+        if let Some(v) = f.vibrato.filter(|v| v.depth != 0.0) {
+            stages.push(Box::new(Vibrato::new(v)));
+        }
+        if let Some(t) = f.tremolo.filter(|t| t.depth != 0.0) {
+            stages.push(Box::new(Tremolo::new(t)));
+        }
+        if let Some(k) = f.karaoke {
+            stages.push(Box::new(KaraokeFilter::new(k)));
+        }
+        if f.equalizer.iter().any(|(_, g)| *g != 0.0) {
+            stages.push(Box::new(Equalizer::new(&f.equalizer)));
+        }
+        if let Some(v) = f.volume.filter(|v| *v != 1.0) {
+            stages.push(Box::new(Volume(v)));
+        }
+        (!stages.is_empty()).then_some(Chain { stages })
+    }
+
+    pub fn process(&mut self, frames: &mut [f32]) {
+        for s in &mut self.stages {
+            s.process(frames);
+        }
+    }
+}
+
+/// The chain a player applies, with the crossfade on changes.
+#[derive(Default)]
+pub struct Processor {
+    chain: Option<Chain>,
+    /// The chain being replaced, faded out over the next frame.
+    old: Option<Option<Chain>>,
+    scratch: Vec<f32>,
+}
+
+impl Processor {
+    pub fn set(&mut self, filters: &Filters) {
+        let new = Chain::build(filters);
+        self.old = Some(std::mem::replace(&mut self.chain, new));
+    }
+
+    /// Processes one frame (interleaved stereo) in place, then hard-limits it: hostile values
+    /// (NaN, inf, runaway gain) never reach the encoder.
+    pub fn process(&mut self, frames: &mut [f32]) {
+        if let Some(old) = self.old.take() {
+            self.scratch.clear();
+            self.scratch.extend_from_slice(frames);
+            if let Some(mut c) = old {
+                c.process(&mut self.scratch);
+            }
+            if let Some(c) = self.chain.as_mut() {
+                c.process(frames);
+            }
+            let n = (frames.len() / 2).max(1) as f32;
+            for (i, (new, old)) in frames.chunks_exact_mut(2).zip(self.scratch.chunks_exact(2)).enumerate() {
+                let t = (i as f32 + 1.0) / n;
+                for ch in 0..2 {
+                    new[ch] = old[ch] * (1.0 - t) + new[ch] * t;
+                }
+            }
+        } else if let Some(c) = self.chain.as_mut() {
+            c.process(frames);
+        } else {
+            return;
+        }
+        for s in frames {
+            *s = if s.is_finite() { s.clamp(-1.0, 1.0) } else { 0.0 };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
