@@ -110,13 +110,12 @@ impl Session {
 
     /// `PATCH /v4/sessions/{id}`.
     pub fn configure(&self, body: Value) -> (u16, Value) {
-        let res = self
-            .http
-            .patch(format!("{}/v4/sessions/{}", self.base, self.id))
-            .header("Authorization", PASSWORD)
-            .json(&body)
-            .send()
-            .unwrap();
+        self.patch_json(format!("{}/v4/sessions/{}", self.base, self.id), body)
+    }
+
+    /// PATCHes JSON with the password; returns (status, body).
+    fn patch_json(&self, url: String, body: Value) -> (u16, Value) {
+        let res = self.http.patch(url).header("Authorization", PASSWORD).json(&body).send().unwrap();
         let status = res.status().as_u16();
         (status, res.json().unwrap_or(Value::Null))
     }
@@ -169,15 +168,7 @@ impl Session {
     }
 
     pub fn patch_query(&self, guild: u64, query: &str, body: Value) -> (u16, Value) {
-        let res = self
-            .http
-            .patch(format!("{}{query}", self.player_url(guild)))
-            .header("Authorization", PASSWORD)
-            .json(&body)
-            .send()
-            .unwrap();
-        let status = res.status().as_u16();
-        (status, res.json().unwrap_or(Value::Null))
+        self.patch_json(format!("{}{query}", self.player_url(guild)), body)
     }
 
     pub fn get_player(&self, guild: u64) -> (u16, Value) {

@@ -146,11 +146,7 @@ fn stop_replace_destroy_and_events() {
     assert_eq!(rig.session.delete_player(guild), 204);
     assert_eq!(rig.session.delete_player(guild), 204);
     assert_eq!(rig.session.get_player(guild).0, 404);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while conn.ws_closed().is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(conn.ws_closed().is_some(), "voice websocket still open after destroy");
+    assert!(conn.wait_closed(Duration::from_secs(5)).is_some(), "voice websocket still open after destroy");
 }
 
 #[test]
