@@ -147,6 +147,7 @@ pub struct Filters {
     /// (band 0–14, gain −0.25…1.0)
     pub equalizer: Vec<(u8, f32)>,
     pub karaoke: Option<Karaoke>,
+    pub timescale: Option<Timescale>,
     pub tremolo: Option<Lfo>,
     pub vibrato: Option<Lfo>,
     pub distortion: Option<Distortion>,
@@ -164,6 +165,13 @@ pub struct Karaoke {
     pub mono_level: f32,
     pub filter_band: f32,
     pub filter_width: f32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Timescale {
+    pub speed: f64,
+    pub pitch: f64,
+    pub rate: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

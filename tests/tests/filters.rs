@@ -61,7 +61,7 @@ fn a_filter_change_mid_track_is_heard_within_100_ms() {
 }
 
 #[test]
-fn disabled_and_unsupported_filters_are_refused_and_info_lists_the_rest() {
+fn disabled_filters_and_bad_values_are_refused_and_info_lists_the_rest() {
     let rig = rig_with(1, "    filters:\n      karaoke: false\n");
     let (status, err) = rig.session.patch(3201, json!({"filters": {"karaoke": {"level": 1.0}}}));
     assert_eq!(status, 400);
@@ -71,8 +71,33 @@ fn disabled_and_unsupported_filters_are_refused_and_info_lists_the_rest() {
     let info: Value = rig.node.get("/v4/info").json().unwrap();
     let filters: Vec<&str> = info["filters"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
     assert!(!filters.contains(&"karaoke"));
-    assert!(filters.contains(&"equalizer") && filters.contains(&"lowPass") && filters.contains(&"volume"));
+    assert_eq!(filters.len(), 9, "{filters:?}");
+    assert!(filters.contains(&"timescale") && filters.contains(&"equalizer") && filters.contains(&"volume"));
     // pluginFilters are accepted and ignored.
     let (status, p) = rig.session.patch(3201, json!({"filters": {"pluginFilters": {"echo": {"delay": 1}}, "volume": 0.9}}));
     assert_eq!(status, 200, "{p}");
+}
+
+#[test]
+fn timescale_pitch_2_arrives_at_880_hz_and_speed_2_ends_twice_as_fast() {
+    let rig = rig(2);
+    rig.session.patch(3301, json!({"filters": {"timescale": {"pitch": 2.0}}}));
+    rig.session.patch(3302, json!({"filters": {"timescale": {"speed": 2.0}}}));
+    let wav = sine_wav(440.0, 4.0, 48_000, 2, 0.5);
+    rig.play(3301, "/pitch.wav", wav.clone(), json!({}));
+    let started = Instant::now();
+    rig.play(3302, "/speed.wav", wav, json!({}));
+    let (speed_end, end) = rig.ended(3302, Duration::from_secs(15));
+    assert_eq!(end["reason"], "finished");
+    let took = speed_end.duration_since(started);
+    assert!(took >= Duration::from_millis(1500) && took <= Duration::from_millis(3000), "4 s at speed 2 took {took:?}");
+    rig.ended(3301, Duration::from_secs(15));
+    let pitched = rig.voice.wait_connection(3301, Duration::from_secs(1)).audio().non_silent();
+    let f = pitched.slice(Duration::from_millis(300), Duration::from_millis(3500)).dominant_frequency();
+    assert!((f - 880.0).abs() <= 880.0 * 0.02, "pitch 2: {f:.1} Hz");
+    // Same duration at pitch 2: about 4 s of audio.
+    assert!(pitched.packets() >= 180, "{} packets", pitched.packets());
+    let sped = rig.voice.wait_connection(3302, Duration::from_secs(1)).audio().non_silent();
+    let f = sped.slice(Duration::from_millis(300), Duration::from_millis(1700)).dominant_frequency();
+    assert!((f - 440.0).abs() <= 440.0 * 0.02, "speed 2 keeps the pitch: {f:.1} Hz");
 }

@@ -1,5 +1,6 @@
-//! Per-frame cost of the filters: each one alone and the full chain (all enabled), on one 20 ms
-//! stereo frame at 48 kHz, as a share of the 20 ms budget of one core.
+//! Per-frame cost of the filters: each per-frame filter alone and all nine together, on one
+//! 20 ms stereo frame at 48 kHz, and timescale (which changes how much input a frame takes),
+//! as a share of the 20 ms budget of one core.
 //!
 //!   cargo bench -p caldera-worker --bench filter_cost
 
@@ -22,6 +23,23 @@ fn frame_cost(filters: &Filters) -> f64 {
         std::hint::black_box(&frame);
     }
     t.elapsed().as_nanos() as f64 / n as f64
+}
+
+/// Timescale per 20 ms of output: feed input, take 960 frames.
+fn timescale_cost(speed: f64, pitch: f64, rate: f64) -> f64 {
+    let mut ts = caldera_worker::dsp::timescale::Timescale::new(speed, pitch, rate).expect("enabled");
+    let input: Vec<f32> = (0..1920).map(|i| ((i / 2) as f32 * 0.0575).sin() * 0.5).collect();
+    let mut out = vec![0.0f32; 1920];
+    let frames = 5_000;
+    let t = Instant::now();
+    for _ in 0..frames {
+        while ts.available() < 960 {
+            ts.push(&input);
+        }
+        ts.pop(&mut out);
+        std::hint::black_box(&out);
+    }
+    t.elapsed().as_nanos() as f64 / frames as f64
 }
 
 fn main() {
@@ -51,11 +69,16 @@ fn main() {
                 rotation: Some(0.2),
                 channel_mix: Some([0.9, 0.1, 0.1, 0.9]),
                 low_pass: Some(20.0),
+                timescale: None,
             },
         ),
         ("none (passthrough)", Filters::default()),
     ];
     println!("per 20 ms frame (48 kHz stereo, one core):");
+    for (name, (sp, p, r)) in [("timescale speed 1.25", (1.25, 1.0, 1.0)), ("timescale pitch 1.25", (1.0, 1.25, 1.0)), ("timescale rate 1.25", (1.0, 1.0, 1.25))] {
+        let ns = timescale_cost(sp, p, r);
+        println!("  {name:<24} {:>8.2} us  {:>6.3}% of the budget", ns / 1000.0, ns / 20_000_000.0 * 100.0);
+    }
     for (name, f) in cases {
         let ns = frame_cost(&f);
         println!("  {name:<24} {:>8.2} us  {:>6.3}% of the budget", ns / 1000.0, ns / 20_000_000.0 * 100.0);

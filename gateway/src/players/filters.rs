@@ -3,15 +3,16 @@
 //!
 //! What Lavalink does with odd values, followed here: equalizer bands outside 0–14 are ignored
 //! and gains are clamped to −0.25…1.0 (Lavaplayer's equalizer); a tremolo/vibrato frequency ≤ 0,
-//! a vibrato frequency > 14 or a depth outside 0…1 is refused (lavadsp throws for them), as is a
-//! negative volume and any non-finite number. `pluginFilters` are accepted and ignored.
+//! a vibrato frequency > 14, a depth outside 0…1 or a timescale speed/pitch/rate ≤ 0 is refused
+//! (lavadsp throws for them), as is a negative volume and any non-finite number. `pluginFilters`
+//! are accepted and ignored.
 
 use crate::config::FiltersConfig;
-use caldera_protocol::{Distortion, Filters, Karaoke, Lfo};
+use caldera_protocol::{Distortion, Filters, Karaoke, Lfo, Timescale};
 use serde_json::Value;
 
-/// Filters this node implements (timescale is not among them yet).
-pub const IMPLEMENTED: &[&str] = &["volume", "equalizer", "karaoke", "tremolo", "vibrato", "distortion", "rotation", "channelMix", "lowPass"];
+/// Filters this node implements.
+pub const IMPLEMENTED: &[&str] = &["volume", "equalizer", "karaoke", "timescale", "tremolo", "vibrato", "distortion", "rotation", "channelMix", "lowPass"];
 
 /// Parses and validates; `Err` is the 400 message.
 pub fn parse(value: &Value, config: &FiltersConfig) -> Result<Filters, String> {
@@ -24,10 +25,6 @@ pub fn parse(value: &Value, config: &FiltersConfig) -> Result<Filters, String> {
         .collect();
     if !disabled.is_empty() {
         return Err(format!("Following filters are disabled in the config: {}", disabled.join(", ")));
-    }
-    let unsupported: Vec<&str> = ["timescale"].into_iter().filter(|n| present(n) && !IMPLEMENTED.contains(n)).collect();
-    if !unsupported.is_empty() {
-        return Err(format!("Following filters are not supported by this node: {}", unsupported.join(", ")));
     }
     let mut f = Filters::default();
     if let Some(v) = obj.get("volume").filter(|v| !v.is_null()) {
@@ -55,6 +52,15 @@ pub fn parse(value: &Value, config: &FiltersConfig) -> Result<Filters, String> {
             filter_band: field(k, "filterBand", 220.0)?,
             filter_width: field(k, "filterWidth", 100.0)?,
         });
+    }
+    if let Some(t) = obj.get("timescale").filter(|v| !v.is_null()) {
+        let ts = Timescale { speed: field(t, "speed", 1.0)?, pitch: field(t, "pitch", 1.0)?, rate: field(t, "rate", 1.0)? };
+        for (name, v) in [("speed", ts.speed), ("pitch", ts.pitch), ("rate", ts.rate)] {
+            if v <= 0.0 {
+                return Err(format!("timescale.{name} must be greater than 0, got {v}"));
+            }
+        }
+        f.timescale = Some(ts);
     }
     for (name, max) in [("tremolo", None), ("vibrato", Some(14.0))] {
         if let Some(t) = obj.get(name).filter(|v| !v.is_null()) {
@@ -147,7 +153,10 @@ mod tests {
         ] {
             assert!(parse(&bad, &all_on()).is_err(), "{bad}");
         }
-        assert!(parse(&json!({"timescale": {"speed": 1.2}}), &all_on()).unwrap_err().contains("not supported"));
+        assert!(parse(&json!({"timescale": {"speed": 0.0}}), &all_on()).unwrap_err().contains("timescale.speed"));
+        assert!(parse(&json!({"timescale": {"pitch": -1.0}}), &all_on()).is_err());
+        let f = parse(&json!({"timescale": {"pitch": 2.0}}), &all_on()).unwrap();
+        assert_eq!(f.timescale, Some(Timescale { speed: 1.0, pitch: 2.0, rate: 1.0 }));
         // Omitted fields take Lavalink's defaults; null filters are off; pluginFilters ignored.
         let f = parse(&json!({"karaoke": {}, "rotation": null, "pluginFilters": {"x": 1}}), &all_on()).unwrap();
         assert_eq!(f.karaoke, Some(Karaoke { level: 1.0, mono_level: 1.0, filter_band: 220.0, filter_width: 100.0 }));

@@ -53,9 +53,11 @@ fn defaults_build_nothing_and_pass_through_bit_exact() {
         channel_mix: Some([1.0, 0.0, 0.0, 1.0]),
         low_pass: Some(1.0),
         karaoke: None,
+        timescale: Some(caldera_protocol::Timescale { speed: 1.0, pitch: 1.0, rate: 1.0 }),
     };
-    assert!(Chain::build(&defaults).is_none());
-    assert!(Chain::build(&Filters::default()).is_none());
+    for f in [&defaults, &Filters::default()] {
+        assert!(Chain::before_timescale(f).is_none() && Chain::after_timescale(f).is_none());
+    }
     let input = tone(440.0, 0.5, 1.0, 0.3);
     let mut p = Processor::default();
     let mut out = input.clone();

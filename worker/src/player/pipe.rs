@@ -52,6 +52,13 @@ impl Controls {
     }
 }
 
+/// What a frame's fill produced.
+enum Fill {
+    /// `n` frames of audio (the rest silence); `primed` as in [`super::ring::RingState`].
+    Frames { n: usize, primed: bool },
+    End { reason: EndReason, error: Option<caldera_protocol::TrackException> },
+}
+
 pub struct Pipe {
     ring: Arc<Ring>,
     controls: Arc<Controls>,
@@ -63,6 +70,8 @@ pub struct Pipe {
     frame: Vec<u8>,
     offset: usize,
     samples: Vec<f32>,
+    /// Scratch for samples taken from the ring.
+    input: Vec<f32>,
     gain: f32,
     dsp: Processor,
     /// The filters version `dsp` was built from (`u64::MAX`: none yet).
@@ -92,6 +101,7 @@ impl Pipe {
             frame: Vec::with_capacity(FRAME_SAMPLES * CHANNELS * 4),
             offset: 0,
             samples: vec![0.0; FRAME_SAMPLES * CHANNELS],
+            input: Vec::with_capacity(FRAME_SAMPLES * CHANNELS),
             gain,
             dsp: Processor::default(),
             dsp_version: u64::MAX,
@@ -106,32 +116,12 @@ impl Pipe {
         if self.done {
             return false;
         }
-        let want = FRAME_SAMPLES * CHANNELS;
-        let mut state = self.ring.lock();
-        let end = self.controls.end_frames.load(Ordering::Relaxed);
-        if state.position_frames >= end {
-            drop(state);
-            return self.finish(EndReason::Finished, None);
-        }
-        // Do not play past the end marker.
-        let until_end = ((end - state.position_frames) as usize).saturating_mul(CHANNELS);
-        let n = want.min(state.samples.len()).min(until_end);
-        if n == 0 && state.ended {
-            let error = state.error.take();
-            drop(state);
-            let reason = if error.is_some() { EndReason::LoadFailed } else { EndReason::Finished };
-            return self.finish(reason, error);
-        }
-        for (dst, src) in self.samples.iter_mut().zip(state.samples.drain(..n)) {
-            *dst = src;
-        }
-        self.samples[n..].fill(0.0);
-        state.position_frames += (n / CHANNELS) as u64;
-        // Before the first audio arrives (start, seek) silence is expected, not a loss.
-        let primed = state.primed;
-        drop(state);
-        self.ring.notify();
-
+        self.refresh_filters();
+        let filled = if self.dsp.timescale().is_some() { self.fill_through_timescale() } else { self.fill_direct() };
+        let (n, primed) = match filled {
+            Fill::Frames { n, primed } => (n, primed),
+            Fill::End { reason, error } => return self.finish(reason, error),
+        };
         if n > 0 {
             self.counters.sent.fetch_add(1, Ordering::Relaxed);
             self.consecutive_nulled = 0;
@@ -144,7 +134,6 @@ impl Pipe {
             self.stuck_reported = true;
             let _ = self.events.send(Internal::Stuck { track_seq: self.track_seq });
         }
-        self.apply_filters();
         self.apply_volume();
         self.frame.clear();
         for s in &self.samples {
@@ -154,15 +143,89 @@ impl Pipe {
         true
     }
 
-    /// Applies the filter chain, picking up a change on this very frame.
-    fn apply_filters(&mut self) {
+    /// Takes up to `max` interleaved samples from the ring (never past the end marker) into
+    /// `out`; `Err` when the track is over.
+    fn take(&mut self, max: usize, out: &mut Vec<f32>) -> Result<bool, Fill> {
+        let mut state = self.ring.lock();
+        let end = self.controls.end_frames.load(Ordering::Relaxed);
+        if state.position_frames >= end {
+            return Err(Fill::End { reason: EndReason::Finished, error: None });
+        }
+        let until_end = ((end - state.position_frames) as usize).saturating_mul(CHANNELS);
+        let n = max.min(state.samples.len()).min(until_end);
+        if n == 0 && state.ended {
+            let error = state.error.take();
+            let reason = if error.is_some() { EndReason::LoadFailed } else { EndReason::Finished };
+            return Err(Fill::End { reason, error });
+        }
+        out.clear();
+        out.extend(state.samples.drain(..n));
+        state.position_frames += (n / CHANNELS) as u64;
+        // Before the first audio arrives (start, seek) silence is expected, not a loss.
+        let primed = state.primed;
+        drop(state);
+        self.ring.notify();
+        Ok(primed)
+    }
+
+    /// One frame straight from the ring through the filters.
+    fn fill_direct(&mut self) -> Fill {
+        let mut input = std::mem::take(&mut self.input);
+        let primed = match self.take(FRAME_SAMPLES * CHANNELS, &mut input) {
+            Ok(p) => p,
+            Err(end) => return end,
+        };
+        let n = input.len();
+        self.samples[..n].copy_from_slice(&input);
+        self.samples[n..].fill(0.0);
+        self.input = input;
+        self.dsp.process(&mut self.samples);
+        Fill::Frames { n: n / CHANNELS, primed }
+    }
+
+    /// One frame of timescale output: input is pulled (through the filters before timescale)
+    /// until a frame is ready; position stays in source time because it counts what is pulled.
+    fn fill_through_timescale(&mut self) -> Fill {
+        let mut input = std::mem::take(&mut self.input);
+        let mut primed = true;
+        // Bounded: at most 40 frames of input (timescale is clamped to 20×) per output frame.
+        for _ in 0..40 {
+            if self.dsp.timescale().is_some_and(|t| t.available() >= FRAME_SAMPLES) {
+                break;
+            }
+            match self.take(FRAME_SAMPLES * CHANNELS, &mut input) {
+                Ok(p) => primed = p,
+                Err(end) => {
+                    if self.dsp.timescale().is_some_and(|t| t.available() > 0) {
+                        break;
+                    }
+                    self.input = input;
+                    return end;
+                }
+            }
+            if input.is_empty() {
+                break;
+            }
+            self.dsp.before(&mut input);
+            if let Some(t) = self.dsp.timescale() {
+                t.push(&input);
+            }
+        }
+        self.input = input;
+        let n = self.dsp.timescale().map(|t| t.pop(&mut self.samples)).unwrap_or(0);
+        self.samples[n * CHANNELS..].fill(0.0);
+        self.dsp.after(&mut self.samples, true);
+        Fill::Frames { n, primed }
+    }
+
+    /// Picks up a filter change on this very frame.
+    fn refresh_filters(&mut self) {
         let version = self.controls.filters_version.load(Ordering::Acquire);
         if version != self.dsp_version {
             let filters = self.controls.filters.lock().unwrap_or_else(|e| e.into_inner()).clone();
             self.dsp.set(&filters);
             self.dsp_version = version;
         }
-        self.dsp.process(&mut self.samples);
     }
 
     /// Applies the volume with a ramp across the frame, so a change never clicks.
