@@ -4,6 +4,7 @@
 pub mod config;
 pub mod http;
 pub mod players;
+pub mod stats;
 pub mod supervisor;
 
 use config::Loaded;
@@ -32,6 +33,8 @@ pub enum GatewayError {
 /// Runs the node until SIGTERM/SIGINT: workers first, then the listener, then a clean stop.
 pub async fn run(loaded: Loaded) -> Result<(), GatewayError> {
     let config = Arc::new(loaded.config);
+    // Uptime counts from here (lavalink-internals §4.1).
+    let stats = Arc::new(stats::Stats::new());
     let stop = CancellationToken::new();
     spawn_signal_listener(stop.clone())?;
 
@@ -75,7 +78,7 @@ pub async fn run(loaded: Loaded) -> Result<(), GatewayError> {
     let local = listener.local_addr().map_err(GatewayError::Serve)?;
     // Tests and operators read this line to learn the port (server.port 0 picks one).
     info!("listening on {local}");
-    let app = http::router(http::AppState::new(config.clone(), supervisor.clone(), registry.clone()));
+    let app = http::router(http::AppState::new(config.clone(), supervisor.clone(), registry.clone(), stats));
     let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(stop.clone().cancelled_owned())
         .await;

@@ -25,18 +25,20 @@ pub struct AppState {
     pub password: Arc<str>,
     pub supervisor: Arc<Supervisor>,
     pub registry: Arc<Registry>,
+    pub stats: Arc<crate::stats::Stats>,
 }
 
 impl AppState {
-    pub fn new(config: Arc<Config>, supervisor: Arc<Supervisor>, registry: Arc<Registry>) -> Self {
+    pub fn new(config: Arc<Config>, supervisor: Arc<Supervisor>, registry: Arc<Registry>, stats: Arc<crate::stats::Stats>) -> Self {
         let password = config.lavalink.server.password.as_str().into();
-        Self { config, password, supervisor, registry }
+        Self { config, password, supervisor, registry, stats }
     }
 }
 
 pub fn router(state: AppState) -> Router {
     let authorized = Router::new()
         .route("/v4/info", get(info::info))
+        .route("/v4/stats", get(stats))
         .route("/v4/loadtracks", get(tracks::load_tracks))
         .route("/v4/decodetrack", get(tracks::decode_track))
         .route("/v4/decodetracks", post(tracks::decode_tracks))
@@ -57,6 +59,11 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(error::error_body))
         .layer(middleware::map_response(api_version_header))
         .with_state(state)
+}
+
+/// `GET /v4/stats`: without frameStats, as Lavalink (no session context).
+async fn stats(axum::extract::State(state): axum::extract::State<AppState>) -> axum::Json<serde_json::Value> {
+    axum::Json(state.stats.json(&state.supervisor, &state.registry, None))
 }
 
 async fn not_found() -> ApiError {

@@ -13,7 +13,10 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
+use std::time::Duration;
 use tracing::{info, warn};
+
+const STATS_INTERVAL: Duration = Duration::from_secs(60);
 
 pub async fn websocket(State(state): State<AppState>, headers: HeaderMap, ws: WebSocketUpgrade) -> Result<Response, ApiError> {
     // The websocket answers 401 for a missing *or* wrong password (Lavalink's handshake).
@@ -37,11 +40,25 @@ async fn run(state: AppState, mut socket: WebSocket, user_id: u64, client_name: 
     let (out, mut rx) = mpsc::unbounded_channel::<String>();
     let session_id = match claim {
         Some((id, generation)) if state.registry.attach(&id, generation, out.clone()) => id,
-        _ => state.registry.open_session(user_id, client_name.clone(), out),
+        _ => state.registry.open_session(user_id, client_name.clone(), out.clone()),
     };
     info!(session = %session_id, user_id, client = %client_name, "session connected");
+    // Stats right after ready (queued behind it), then every minute (lavalink-internals §4.1).
+    let stats = |state: &AppState| {
+        let mut v = state.stats.json(&state.supervisor, &state.registry, state.registry.frame_stats(&session_id));
+        v["op"] = json!("stats");
+        v.to_string()
+    };
+    let _ = out.send(stats(&state));
+    drop(out);
+    let mut every_minute = tokio::time::interval_at(tokio::time::Instant::now() + STATS_INTERVAL, STATS_INTERVAL);
     loop {
         tokio::select! {
+            _ = every_minute.tick() => {
+                if socket.send(Message::Text(stats(&state).into())).await.is_err() {
+                    break;
+                }
+            }
             msg = rx.recv() => match msg {
                 Some(text) => if socket.send(Message::Text(text.into())).await.is_err() { break },
                 None => break,

@@ -51,6 +51,12 @@ pub struct Player {
     pub voice: Option<Voice>,
     pub filters: Value,
     pub state: PlayerState,
+    /// Since when tracks have played back to back (switches under 100 ms keep it), for
+    /// frameStats usability (lavalink-internals §4.4).
+    pub playing_since: Option<std::time::Instant>,
+    pub last_track_end: Option<std::time::Instant>,
+    /// The last per-minute frame report: (when, sent, nulled, usable).
+    pub frames: Option<(std::time::Instant, u32, u32, bool)>,
 }
 
 pub struct Session {
@@ -202,6 +208,36 @@ impl Registry {
             .ok_or(PlayerError::NoCapacity)
     }
 
+    /// (players, playing players) over every session (§5.3).
+    pub fn player_counts(&self) -> (usize, usize) {
+        let st = self.lock();
+        let all = st.sessions.values().flat_map(|s| s.players.values());
+        all.fold((0, 0), |(n, playing), p| (n + 1, playing + usize::from(p.track.is_some() && !p.paused)))
+    }
+
+    /// A session's frameStats: averages over its players whose last minute is usable (§4.4);
+    /// `None` when no player's is.
+    pub fn frame_stats(&self, session: &str) -> Option<Value> {
+        let st = self.lock();
+        let s = st.sessions.get(session)?;
+        let fresh = std::time::Duration::from_secs(120);
+        let usable: Vec<(i64, i64)> = s
+            .players
+            .values()
+            .filter_map(|p| p.frames)
+            .filter(|(at, _, _, usable)| *usable && at.elapsed() < fresh)
+            .map(|(_, sent, nulled, _)| (sent as i64, nulled as i64))
+            .collect();
+        if usable.is_empty() {
+            return None;
+        }
+        let n = usable.len() as i64;
+        let sent: i64 = usable.iter().map(|u| u.0).sum();
+        let nulled: i64 = usable.iter().map(|u| u.1).sum();
+        let deficit = n * crate::stats::EXPECTED_FRAMES_PER_MINUTE - sent - nulled;
+        Some(json!({"sent": sent / n, "nulled": nulled / n, "deficit": deficit / n}))
+    }
+
     /// Handles an event a worker reported about one of its players.
     pub fn on_event(&self, worker: u32, player: u64, event: PlayerEvent) {
         let mut guard = self.lock();
@@ -227,8 +263,19 @@ impl Registry {
         };
         let is_update = matches!(event, PlayerEvent::State(_));
         let msg = match event {
-            PlayerEvent::TrackStart { track_seq } => p.live_tracks.get(&track_seq).map(|t| event_op("TrackStartEvent", t, json!({}))),
+            PlayerEvent::TrackStart { track_seq } => {
+                let now = std::time::Instant::now();
+                let back_to_back = p.last_track_end.is_some_and(|e| now.duration_since(e) < std::time::Duration::from_millis(100));
+                if !(back_to_back && p.playing_since.is_some()) {
+                    p.playing_since = Some(now);
+                }
+                p.live_tracks.get(&track_seq).map(|t| event_op("TrackStartEvent", t, json!({})))
+            }
             PlayerEvent::TrackEnd { track_seq, reason } => {
+                p.last_track_end = Some(std::time::Instant::now());
+                if reason != EndReason::Replaced {
+                    p.playing_since = None;
+                }
                 let ended = p.live_tracks.remove(&track_seq);
                 if p.track.as_ref().is_some_and(|t| t.seq == track_seq) {
                     p.track = None;
@@ -250,7 +297,14 @@ impl Registry {
                 json!({"op": "event", "type": "WebSocketClosedEvent", "guildId": guild_id, "code": code, "reason": reason, "byRemote": by_remote})
                     .to_string(),
             ),
-            PlayerEvent::Frames { .. } => None,
+            PlayerEvent::Frames { sent, nulled } => {
+                let now = std::time::Instant::now();
+                // Usable when tracks played through the whole report window (a minute; a second of
+                // slack covers the moment between the player's creation and its first track).
+                let usable = p.playing_since.is_some_and(|since| now.duration_since(since) >= std::time::Duration::from_secs(59));
+                p.frames = Some((now, sent, nulled, usable));
+                None
+            }
         };
         if let Some(msg) = msg {
             s.link.send(msg, is_update);
@@ -271,6 +325,9 @@ impl Player {
             end_time: None,
             voice: None,
             filters: json!({}),
+            playing_since: None,
+            last_track_end: None,
+            frames: None,
             state: PlayerState { time_ms: crate::http::error::now_ms(), position_ms: 0, connected: false, ping_ms: -1 },
         }
     }
