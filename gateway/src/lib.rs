@@ -78,13 +78,16 @@ pub async fn run(loaded: Loaded) -> Result<(), GatewayError> {
     let local = listener.local_addr().map_err(GatewayError::Serve)?;
     // Tests and operators read this line to learn the port (server.port 0 picks one).
     info!("listening on {local}");
-    let app = http::router(http::AppState::new(config.clone(), supervisor.clone(), registry.clone(), stats));
+    let state = http::AppState::new(config.clone(), supervisor.clone(), registry.clone(), stats, stop.clone());
+    let websockets = state.websockets.clone();
+    let app = http::router(state);
     let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(stop.clone().cancelled_owned())
         .await;
 
-    // Phase 3: stop workers, exit.
+    // Phase 3: close WebSockets (1001), stop workers, exit.
     info!("shutting down");
+    websockets.wait_closed(Duration::from_secs(3)).await;
     supervisor.shutdown(Supervisor::grace()).await;
     relay.abort();
     served.map_err(GatewayError::Serve)?;

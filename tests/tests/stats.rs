@@ -94,3 +94,66 @@ fn load_and_frame_stats_after_a_minute_of_playback() {
     assert!(nulled <= 50, "{fs}");
     assert_eq!(deficit, 3000 - sent - nulled);
 }
+
+#[test]
+fn connections_and_workers_endpoints() {
+    let node = caldera_tests::Node::start_with(caldera_tests::NodeOptions { workers: 2, ..Default::default() });
+    let a = Session::connect(&node);
+    let b = Session::connect(&node);
+    a.configure(json!({"resuming": true, "timeout": 60}));
+    a.send_text("hello");
+    b.patch(4201, json!({"volume": 20}));
+    std::thread::sleep(Duration::from_millis(200));
+    let get = |path: &str| -> Value { node.get(path).json().unwrap() };
+    let c = get("/v4/caldera/connections");
+    assert_eq!(c["summary"]["active"], 2, "{c}");
+    assert_eq!(c["summary"]["total"], 2);
+    assert!(c["summary"]["peak"].as_u64().unwrap() >= 2);
+    let entry = |c: &Value, id: &str| c["connections"].as_array().unwrap().iter().find(|e| e["sessionId"] == id).cloned().unwrap();
+    let ea = entry(&c, &a.id);
+    assert_eq!(ea["state"], "open");
+    assert_eq!(ea["clientName"], "caldera-tests/1.0");
+    assert_eq!(ea["userId"], caldera_tests::client::USER_ID.to_string());
+    assert!(ea["remoteAddress"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(ea["messagesSent"].as_u64().unwrap() >= 2, "ready and stats: {ea}");
+    assert!(ea["bytesSent"].as_u64().unwrap() > 50);
+    assert_eq!(ea["messagesReceived"], 1);
+    assert_eq!(ea["bytesReceived"], 5);
+    assert_eq!(entry(&c, &b.id)["players"], 1);
+    // a drops (resumable), b closes for good.
+    a.drop_connection();
+    b.drop_connection();
+    std::thread::sleep(Duration::from_millis(300));
+    let c = get("/v4/caldera/connections");
+    assert_eq!(c["summary"]["active"], 0, "{c}");
+    assert_eq!(c["summary"]["closed"], 2);
+    assert_eq!(c["connections"].as_array().unwrap().len(), 1);
+    let ea = entry(&c, &a.id);
+    assert_eq!(ea["state"], "resumable");
+    let left = ea["resumeTimeLeftMs"].as_i64().unwrap();
+    assert!(left > 55_000 && left <= 60_000, "{left}");
+
+    let w = get("/v4/caldera/workers");
+    let workers = w["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 2);
+    let pids = node.worker_pids();
+    for worker in workers {
+        assert!(pids.contains(&(worker["pid"].as_u64().unwrap() as u32)), "{worker}");
+        assert_eq!(worker["state"], "ready");
+        assert!(worker["rssBytes"].as_u64().unwrap() > 1_000_000);
+        assert!(worker["lastPingRttMs"].as_f64().is_some());
+        assert_eq!(worker["restarts"], 0);
+    }
+    assert_eq!(node.client().get(node.url("/v4/caldera/workers")).send().unwrap().status(), 401);
+}
+
+#[test]
+fn shutdown_closes_websockets_with_1001() {
+    let mut node = caldera_tests::Node::start_with(caldera_tests::NodeOptions { workers: 1, ..Default::default() });
+    let s = Session::connect(&node);
+    node.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = node.wait_exit(Duration::from_secs(15)).expect("node stops");
+    assert!(status.success());
+    let closed = s.closed().expect("socket closed");
+    assert_eq!(closed.0, 1001, "{closed:?}");
+}

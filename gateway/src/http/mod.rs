@@ -26,12 +26,41 @@ pub struct AppState {
     pub supervisor: Arc<Supervisor>,
     pub registry: Arc<Registry>,
     pub stats: Arc<crate::stats::Stats>,
+    /// Cancelled when the node stops: WebSocket tasks close with 1001.
+    pub stopping: tokio_util::sync::CancellationToken,
+    /// Live WebSocket tasks, so shutdown can wait for their close frames.
+    pub websockets: Arc<WebSockets>,
+}
+
+/// Tracks WebSocket tasks for shutdown.
+#[derive(Default)]
+pub struct WebSockets {
+    tracker: tokio_util::task::TaskTracker,
+}
+
+impl WebSockets {
+    /// A token held by a live socket task; `None` once shutdown began.
+    pub fn token(&self) -> Option<tokio_util::task::task_tracker::TaskTrackerToken> {
+        (!self.tracker.is_closed()).then(|| self.tracker.token())
+    }
+
+    /// Waits (bounded) for every socket to have sent its close frame.
+    pub async fn wait_closed(&self, timeout: std::time::Duration) {
+        self.tracker.close();
+        let _ = tokio::time::timeout(timeout, self.tracker.wait()).await;
+    }
 }
 
 impl AppState {
-    pub fn new(config: Arc<Config>, supervisor: Arc<Supervisor>, registry: Arc<Registry>, stats: Arc<crate::stats::Stats>) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        supervisor: Arc<Supervisor>,
+        registry: Arc<Registry>,
+        stats: Arc<crate::stats::Stats>,
+        stopping: tokio_util::sync::CancellationToken,
+    ) -> Self {
         let password = config.lavalink.server.password.as_str().into();
-        Self { config, password, supervisor, registry, stats }
+        Self { config, password, supervisor, registry, stats, stopping, websockets: Arc::default() }
     }
 }
 
@@ -39,6 +68,8 @@ pub fn router(state: AppState) -> Router {
     let authorized = Router::new()
         .route("/v4/info", get(info::info))
         .route("/v4/stats", get(stats))
+        .route("/v4/caldera/connections", get(websocket::connections))
+        .route("/v4/caldera/workers", get(workers))
         .route("/v4/loadtracks", get(tracks::load_tracks))
         .route("/v4/decodetrack", get(tracks::decode_track))
         .route("/v4/decodetracks", post(tracks::decode_tracks))
@@ -64,6 +95,34 @@ pub fn router(state: AppState) -> Router {
 /// `GET /v4/stats`: without frameStats, as Lavalink (no session context).
 async fn stats(axum::extract::State(state): axum::extract::State<AppState>) -> axum::Json<serde_json::Value> {
     axum::Json(state.stats.json(&state.supervisor, &state.registry, None))
+}
+
+/// `GET /v4/caldera/workers`: each worker process and how it is doing.
+async fn workers(axum::extract::State(state): axum::extract::State<AppState>) -> axum::Json<serde_json::Value> {
+    let players = state.registry.players_per_worker();
+    let list: Vec<serde_json::Value> = state
+        .supervisor
+        .workers()
+        .iter()
+        .map(|w| {
+            let r = w.resources.unwrap_or_default();
+            serde_json::json!({
+                "id": w.worker_id,
+                "pid": w.pid,
+                "state": format!("{:?}", w.state).to_lowercase(),
+                "players": players.get(&w.worker_id).copied().unwrap_or(0),
+                "cpuTimeMs": r.cpu_time_ms,
+                "rssBytes": r.rss_bytes,
+                "threads": r.threads,
+                "uptimeMs": w.ready_since.map(|t| t.elapsed().as_millis() as u64),
+                "restarts": w.restarts,
+                "lastPingRttMs": w.last_ping_rtt.map(|d| d.as_secs_f64() * 1000.0),
+                "missedPings": w.missed_pings,
+                "lastExit": w.last_exit,
+            })
+        })
+        .collect();
+    axum::Json(serde_json::json!({"workers": list}))
 }
 
 async fn not_found() -> ApiError {

@@ -2,10 +2,12 @@
 //! everything a client can see), the WebSocket sessions they belong to, and the relay of worker
 //! events to those sessions as Lavalink ops.
 
+mod connections;
 pub mod filters;
 mod sessions;
 mod update;
 
+pub use connections::{ConnectionInfo, Traffic};
 pub use sessions::SessionLink;
 pub use update::{PlayerUpdate, Resolved, TrackChange, TrackRequest};
 
@@ -62,6 +64,7 @@ pub struct Player {
 pub struct Session {
     pub user_id: u64,
     pub client_name: String,
+    pub conn: ConnectionInfo,
     pub link: SessionLink,
     pub players: HashMap<u64, Player>,
 }
@@ -79,6 +82,7 @@ pub struct Registry {
     next_track: AtomicU64,
     pub supervisor: Arc<Supervisor>,
     players_per_worker: usize,
+    totals: connections::Totals,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +103,7 @@ impl Registry {
             next_track: AtomicU64::new(1),
             supervisor,
             players_per_worker,
+            totals: connections::Totals::default(),
         }
     }
 
@@ -206,6 +211,16 @@ impl Registry {
             .min_by_key(|(w, n)| (*n, *w))
             .map(|(w, _)| w)
             .ok_or(PlayerError::NoCapacity)
+    }
+
+    /// Players hosted by each worker.
+    pub fn players_per_worker(&self) -> HashMap<u32, usize> {
+        let st = self.lock();
+        let mut counts = HashMap::new();
+        for p in st.sessions.values().flat_map(|s| s.players.values()) {
+            *counts.entry(p.worker).or_insert(0) += 1;
+        }
+        counts
     }
 
     /// (players, playing players) over every session (§5.3).

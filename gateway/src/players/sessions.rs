@@ -2,7 +2,7 @@
 //! resuming on keeps its players, queues every outgoing message except playerUpdates, and is
 //! destroyed after its timeout unless a client reconnects with its id first.
 
-use super::{state_json, Registry, Session};
+use super::{state_json, ConnectionInfo, Registry, Session};
 use serde_json::json;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -61,7 +61,7 @@ impl SessionLink {
 
 impl Registry {
     /// Opens a new session and queues its `ready`.
-    pub fn open_session(&self, user_id: u64, client_name: String, out: mpsc::UnboundedSender<String>) -> String {
+    pub fn open_session(&self, user_id: u64, client_name: String, conn: ConnectionInfo, out: mpsc::UnboundedSender<String>) -> String {
         let mut st = self.lock();
         let id = loop {
             let id = new_session_id();
@@ -70,7 +70,10 @@ impl Registry {
             }
         };
         let _ = out.send(json!({"op": "ready", "resumed": false, "sessionId": id}).to_string());
-        st.sessions.insert(id.clone(), Session { user_id, client_name, link: SessionLink::open(out), players: HashMap::new() });
+        st.sessions.insert(id.clone(), Session { user_id, client_name, conn, link: SessionLink::open(out), players: HashMap::new() });
+        let active = st.sessions.values().filter(|s| s.link.is_open()).count();
+        drop(st);
+        self.count_open(active);
         id
     }
 
@@ -94,12 +97,13 @@ impl Registry {
 
     /// Attaches a claimed session to its new socket: `ready {resumed: true}`, the queued
     /// messages in order, then one playerUpdate per player (§3.8).
-    pub fn attach(&self, id: &str, generation: u64, out: mpsc::UnboundedSender<String>) -> bool {
+    pub fn attach(&self, id: &str, generation: u64, conn: ConnectionInfo, out: mpsc::UnboundedSender<String>) -> bool {
         let mut st = self.lock();
         let Some(s) = st.sessions.get_mut(id) else { return false };
         if s.link.generation != generation || s.link.is_open() {
             return false;
         }
+        s.conn = conn;
         let _ = out.send(json!({"op": "ready", "resumed": true, "sessionId": id}).to_string());
         for msg in s.link.queue.drain(..) {
             let _ = out.send(msg);
@@ -112,17 +116,22 @@ impl Registry {
         s.link.out = Some(out);
         s.link.generation += 1;
         s.link.claimed = false;
+        let active = st.sessions.values().filter(|s| s.link.is_open()).count();
+        drop(st);
+        self.count_open(active);
         info!(session = %id, "session resumed");
         true
     }
 
     /// The socket of session `id` closed: pause it if resumable, else destroy it.
     pub fn disconnected(self: &Arc<Self>, id: &str) {
+        self.totals_closed();
         let paused = {
             let mut st = self.lock();
             match st.sessions.get_mut(id) {
                 Some(s) if s.link.resuming => {
                     s.link.out = None;
+                    s.conn.paused_at = Some(std::time::Instant::now());
                     s.link.generation += 1;
                     s.link.claimed = false;
                     Some((s.link.generation, s.link.timeout_s))
