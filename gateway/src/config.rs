@@ -395,10 +395,10 @@ impl Config {
             }
         }
         let endpoint = &self.metrics.prometheus.endpoint;
-        if !endpoint.starts_with('/') || endpoint.len() < 2 {
+        if !endpoint.starts_with('/') || endpoint.len() < 2 || endpoint.starts_with("/v4/") || endpoint == "/version" {
             return fail(
                 "metrics.prometheus.endpoint",
-                format!("must be a path like /metrics, got `{endpoint}`"),
+                format!("must be a path like /metrics, not under /v4/, got `{endpoint}`"),
             );
         }
         if let Some(level) = self.logging.level.root.as_deref().or(self.logging.level.lavalink.as_deref()) {

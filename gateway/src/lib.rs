@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod players;
 pub mod stats;
 pub mod supervisor;
@@ -78,7 +79,21 @@ pub async fn run(loaded: Loaded) -> Result<(), GatewayError> {
     let local = listener.local_addr().map_err(GatewayError::Serve)?;
     // Tests and operators read this line to learn the port (server.port 0 picks one).
     info!("listening on {local}");
-    let state = http::AppState::new(config.clone(), supervisor.clone(), registry.clone(), stats, stop.clone());
+    let metrics = if config.metrics.prometheus.enabled {
+        match metrics::Metrics::install() {
+            Ok(m) => {
+                info!(endpoint = %config.metrics.prometheus.endpoint, auth = config.metrics.prometheus.auth, "Prometheus metrics enabled");
+                Some(Arc::new(m))
+            }
+            Err(e) => {
+                error!("{e}; serving without metrics");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let state = http::AppState::new(config.clone(), supervisor.clone(), registry.clone(), stats, stop.clone(), metrics);
     let websockets = state.websockets.clone();
     let app = http::router(state);
     let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())

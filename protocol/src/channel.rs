@@ -9,12 +9,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub struct FrameReader<M, R> {
     inner: R,
     max: u32,
+    bytes_received: u64,
     _msg: PhantomData<fn() -> M>,
 }
 
 impl<M: DeserializeOwned, R: AsyncRead + Unpin> FrameReader<M, R> {
     pub fn new(inner: R, max: u32) -> Self {
-        Self { inner, max, _msg: PhantomData }
+        Self { inner, max, bytes_received: 0, _msg: PhantomData }
     }
 
     pub fn set_max(&mut self, max: u32) {
@@ -39,7 +40,13 @@ impl<M: DeserializeOwned, R: AsyncRead + Unpin> FrameReader<M, R> {
         if got < len {
             return Err(FrameError::Truncated { have: HEADER_LEN + got, need: HEADER_LEN + len });
         }
+        self.bytes_received += (HEADER_LEN + len) as u64;
         frame::decode_payload(&payload).map(Some)
+    }
+
+    /// Bytes of complete frames read so far.
+    pub fn bytes_received(&self) -> u64 {
+        self.bytes_received
     }
 }
 

@@ -30,6 +30,8 @@ pub struct AppState {
     pub stopping: tokio_util::sync::CancellationToken,
     /// Live WebSocket tasks, so shutdown can wait for their close frames.
     pub websockets: Arc<WebSockets>,
+    /// Prometheus, when `metrics.prometheus.enabled`.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// Tracks WebSocket tasks for shutdown.
@@ -58,14 +60,24 @@ impl AppState {
         registry: Arc<Registry>,
         stats: Arc<crate::stats::Stats>,
         stopping: tokio_util::sync::CancellationToken,
+        metrics: Option<Arc<crate::metrics::Metrics>>,
     ) -> Self {
         let password = config.lavalink.server.password.as_str().into();
-        Self { config, password, supervisor, registry, stats, stopping, websockets: Arc::default() }
+        Self { config, password, supervisor, registry, stats, stopping, websockets: Arc::default(), metrics }
     }
 }
 
 pub fn router(state: AppState) -> Router {
+    let prometheus = &state.config.metrics.prometheus;
+    let metrics_route = Router::new().route(&prometheus.endpoint, get(metrics));
+    let (metrics_open, metrics_authorized) = match (&state.metrics, prometheus.auth) {
+        (None, _) => (Router::new(), Router::new()),
+        // `metrics.prometheus.auth: false` serves metrics without the password (Caldera extension).
+        (Some(_), false) => (metrics_route, Router::new()),
+        (Some(_), true) => (Router::new(), metrics_route),
+    };
     let authorized = Router::new()
+        .merge(metrics_authorized)
         .route("/v4/info", get(info::info))
         .route("/v4/stats", get(stats))
         .route("/v4/caldera/connections", get(websocket::connections))
@@ -86,8 +98,10 @@ pub fn router(state: AppState) -> Router {
         .route("/version", get(info::version))
         // The websocket checks the password itself: its handshake answers 401 for both cases.
         .route("/v4/websocket", get(websocket::websocket))
+        .merge(metrics_open)
         .merge(authorized)
         .layer(middleware::from_fn(error::error_body))
+        .layer(middleware::from_fn(record_request))
         .layer(middleware::map_response(api_version_header))
         .with_state(state)
 }
@@ -97,9 +111,31 @@ async fn stats(axum::extract::State(state): axum::extract::State<AppState>) -> a
     axum::Json(state.stats.json(&state.supervisor, &state.registry, None))
 }
 
+/// The Prometheus endpoint.
+async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+    use axum::response::IntoResponse;
+    match &state.metrics {
+        Some(m) => ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render(&state)).into_response(),
+        None => ApiError::not_found("Not Found").into_response(),
+    }
+}
+
+/// Counts every REST request by route (the matched pattern, not the raw path) and status.
+async fn record_request(req: axum::extract::Request, next: middleware::Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let started = std::time::Instant::now();
+    let res = next.run(req).await;
+    crate::metrics::record_request(&route, res.status().as_u16(), started.elapsed());
+    res
+}
+
 /// `GET /v4/caldera/workers`: each worker process and how it is doing.
 async fn workers(axum::extract::State(state): axum::extract::State<AppState>) -> axum::Json<serde_json::Value> {
-    let players = state.registry.players_per_worker();
+    let figures = state.registry.worker_figures();
     let list: Vec<serde_json::Value> = state
         .supervisor
         .workers()
@@ -110,7 +146,7 @@ async fn workers(axum::extract::State(state): axum::extract::State<AppState>) ->
                 "id": w.worker_id,
                 "pid": w.pid,
                 "state": format!("{:?}", w.state).to_lowercase(),
-                "players": players.get(&w.worker_id).copied().unwrap_or(0),
+                "players": figures.get(&w.worker_id).map(|f| f.players).unwrap_or(0),
                 "cpuTimeMs": r.cpu_time_ms,
                 "rssBytes": r.rss_bytes,
                 "threads": r.threads,

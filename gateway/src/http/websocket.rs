@@ -55,6 +55,7 @@ async fn run(state: AppState, mut socket: WebSocket, remote: SocketAddr, user_id
         _ => state.registry.open_session(user_id, client_name.clone(), conn(), out.clone()),
     };
     info!(session = %session_id, user_id, client = %client_name, %remote, "session connected");
+    crate::metrics::record_ws_opened();
     // Stats right after ready (queued behind it), then every minute (lavalink-internals §4.1).
     let stats = |state: &AppState| {
         let mut v = state.stats.json(&state.supervisor, &state.registry, state.registry.frame_stats(&session_id));
@@ -65,11 +66,14 @@ async fn run(state: AppState, mut socket: WebSocket, remote: SocketAddr, user_id
     drop(out);
     let mut every_minute = tokio::time::interval_at(tokio::time::Instant::now() + STATS_INTERVAL, STATS_INTERVAL);
     let stopping = state.stopping.clone();
+    // How the socket ended: the client's close code, 1001 at shutdown, 1006 when it just dropped.
+    let mut close = close_code::ABNORMAL;
     loop {
         let text = tokio::select! {
             _ = stopping.cancelled() => {
                 let frame = CloseFrame { code: close_code::AWAY, reason: "Server is shutting down".into() };
                 let _ = socket.send(Message::Close(Some(frame))).await;
+                close = close_code::AWAY;
                 break;
             }
             _ = every_minute.tick() => stats(&state),
@@ -79,25 +83,36 @@ async fn run(state: AppState, mut socket: WebSocket, remote: SocketAddr, user_id
             },
             incoming = socket.recv() => {
                 match incoming {
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                    Some(Ok(Message::Close(frame))) => {
+                        close = frame.map(|f| f.code).unwrap_or(close_code::STATUS);
+                        break;
+                    }
+                    None | Some(Err(_)) => break,
                     // Lavalink v4 takes no client messages (lavalink-internals §5.9).
                     Some(Ok(Message::Text(t))) => {
                         traffic.received(t.len());
+                        crate::metrics::record_ws_message(false, t.len());
                         warn!(session = %session_id, len = t.len(), "ignoring a client text message");
                     }
                     // Pings are answered by the websocket layer.
-                    Some(Ok(m)) => traffic.received(m.into_data().len()),
+                    Some(Ok(m)) => {
+                        let len = m.into_data().len();
+                        traffic.received(len);
+                        crate::metrics::record_ws_message(false, len);
+                    }
                 }
                 continue;
             }
         };
         traffic.sent(text.len());
+        crate::metrics::record_ws_message(true, text.len());
         if socket.send(Message::Text(text.into())).await.is_err() {
             break;
         }
     }
     state.registry.disconnected(&session_id);
-    info!(session = %session_id, "session disconnected");
+    crate::metrics::record_ws_closed(close);
+    info!(session = %session_id, close, "session disconnected");
 }
 
 #[derive(Deserialize)]

@@ -51,6 +51,13 @@ impl ConnectionInfo {
     }
 }
 
+pub struct ConnectionFigures {
+    pub active: usize,
+    pub resumable: usize,
+    pub peak: u64,
+    pub queued: usize,
+}
+
 /// Totals since the gateway started.
 #[derive(Debug, Default)]
 pub struct Totals {
@@ -108,6 +115,18 @@ impl Registry {
             },
             "connections": list,
         })
+    }
+
+    /// Connection figures for the metrics.
+    pub fn connection_figures(&self) -> ConnectionFigures {
+        let st = self.lock();
+        let active = st.sessions.values().filter(|s| s.link.is_open()).count();
+        ConnectionFigures {
+            active,
+            resumable: st.sessions.len() - active,
+            peak: self.totals.peak.load(Ordering::Relaxed),
+            queued: st.sessions.values().map(|s| s.link.queued()).sum(),
+        }
     }
 
     pub(super) fn totals_closed(&self) {

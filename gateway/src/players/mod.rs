@@ -61,6 +61,15 @@ pub struct Player {
     pub frames: Option<(std::time::Instant, u32, u32, bool)>,
 }
 
+/// Per-worker figures from the registry.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WorkerFigures {
+    pub players: usize,
+    pub playing: usize,
+    pub frames_sent: u64,
+    pub frames_nulled: u64,
+}
+
 pub struct Session {
     pub user_id: u64,
     pub client_name: String,
@@ -213,14 +222,20 @@ impl Registry {
             .ok_or(PlayerError::NoCapacity)
     }
 
-    /// Players hosted by each worker.
-    pub fn players_per_worker(&self) -> HashMap<u32, usize> {
+    /// Players, playing players and last-minute frames of each worker.
+    pub fn worker_figures(&self) -> HashMap<u32, WorkerFigures> {
         let st = self.lock();
-        let mut counts = HashMap::new();
+        let mut figures: HashMap<u32, WorkerFigures> = HashMap::new();
         for p in st.sessions.values().flat_map(|s| s.players.values()) {
-            *counts.entry(p.worker).or_insert(0) += 1;
+            let f = figures.entry(p.worker).or_default();
+            f.players += 1;
+            f.playing += usize::from(p.track.is_some() && !p.paused);
+            if let Some((_, sent, nulled, _)) = p.frames {
+                f.frames_sent += sent as u64;
+                f.frames_nulled += nulled as u64;
+            }
         }
-        counts
+        figures
     }
 
     /// (players, playing players) over every session (§5.3).

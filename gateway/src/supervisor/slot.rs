@@ -39,6 +39,17 @@ pub struct WorkerStatus {
     pub missed_pings: u64,
     pub resources: Option<ResourceReport>,
     pub last_exit: Option<String>,
+    /// IPC traffic of the current worker process (reset with each spawn).
+    pub ipc: Arc<IpcCounters>,
+}
+
+/// IPC traffic counters of one worker connection.
+#[derive(Debug, Default)]
+pub struct IpcCounters {
+    pub messages_in: std::sync::atomic::AtomicU64,
+    pub bytes_in: std::sync::atomic::AtomicU64,
+    pub messages_out: std::sync::atomic::AtomicU64,
+    pub bytes_out: std::sync::atomic::AtomicU64,
 }
 
 impl WorkerStatus {
@@ -53,6 +64,7 @@ impl WorkerStatus {
             missed_pings: 0,
             resources: None,
             last_exit: None,
+            ipc: Arc::default(),
         }
     }
 }
@@ -208,11 +220,13 @@ async fn serve(
     info!(pid, worker_pid = hello.pid, "worker ready");
     let (tx, mut rx) = mpsc::channel::<ToWorker>(OUTBOUND_QUEUE);
     shared.set_outbound(id, Some(tx.clone()));
+    let ipc = Arc::new(IpcCounters::default());
     shared.update(id, |s| {
         s.state = WorkerState::Ready;
         s.ready_since = Some(started);
         s.missed_pings = 0;
         s.last_exit = None;
+        s.ipc = ipc.clone();
     });
 
     let pings = Arc::new(Mutex::new(PingState {
@@ -223,15 +237,19 @@ async fn serve(
     }));
     // Writer and reader are their own tasks (the frame reader is not cancel-safe); both are
     // aborted when this function returns.
+    let counters = ipc.clone();
     let writer_task = AbortOnDrop(tokio::spawn(async move {
         while let Some(msg) = rx.recv().await {
+            let before = writer.bytes_sent();
             if writer.send(&msg).await.is_err() {
                 break;
             }
+            counters.messages_out.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            counters.bytes_out.fetch_add(writer.bytes_sent() - before, std::sync::atomic::Ordering::Relaxed);
         }
         let _ = writer.shutdown().await;
     }));
-    let mut reader_task = AbortOnDrop(tokio::spawn(read_loop(shared.clone(), id, reader, pings.clone())));
+    let mut reader_task = AbortOnDrop(tokio::spawn(read_loop(shared.clone(), id, reader, pings.clone(), ipc)));
 
     let mut ticker = tokio::time::interval(shared.config.ping_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -303,10 +321,16 @@ async fn read_loop(
     id: u32,
     mut reader: caldera_protocol::channel::FrameReader<ToGateway, tokio::net::unix::OwnedReadHalf>,
     pings: Arc<Mutex<PingState>>,
+    ipc: Arc<IpcCounters>,
 ) -> String {
+    use std::sync::atomic::Ordering;
     loop {
         let msg = match reader.recv().await {
-            Ok(Some(m)) => m,
+            Ok(Some(m)) => {
+                ipc.messages_in.fetch_add(1, Ordering::Relaxed);
+                ipc.bytes_in.store(reader.bytes_received(), Ordering::Relaxed);
+                m
+            }
             Ok(None) => return "worker closed the connection".into(),
             // A worker that sends a malformed frame is broken or compromised: drop it.
             Err(e) => return format!("invalid frame from worker: {e}"),
