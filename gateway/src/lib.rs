@@ -55,8 +55,11 @@ pub async fn run(loaded: Loaded) -> Result<(), GatewayError> {
     let relay = {
         let registry = registry.clone();
         tokio::spawn(async move {
-            while let Some((worker, player, event)) = events_rx.recv().await {
-                registry.on_event(worker, player, event);
+            while let Some(event) = events_rx.recv().await {
+                match event {
+                    supervisor::WorkerEvent::Player { worker, player, event } => registry.on_event(worker, player, event),
+                    supervisor::WorkerEvent::Lost { worker } => registry.on_worker_lost(worker),
+                }
             }
         })
     };

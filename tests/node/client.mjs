@@ -47,6 +47,10 @@ try {
   await sleep(400);
   await player.resume();
   await player.setVolume(50);
+  // Filters through the library's filter manager: nightcore is timescale, then a low pass.
+  await player.filterManager.toggleNightcore();
+  await player.filterManager.toggleLowPass(20);
+  const withFilters = await node.fetchPlayer?.(guildId);
   await player.seek(1000);
   // Resume: enable it, drop the socket, let the client reconnect with its session id.
   await node.updateSession(true, 30);
@@ -62,7 +66,7 @@ try {
   const fetched = await node.fetchPlayer?.(guildId);
   await player.destroy();
   console.log(JSON.stringify({
-    seen, pausedPos, endReason: endPayload?.reason, volume: fetched?.volume ?? null,
+    seen, pausedPos, endReason: endPayload?.reason, volume: fetched?.volume ?? null, filters: withFilters?.filters ?? null,
     sameSession: node.sessionId === sessionId, resumed: resumedPayload,
   }));
   process.exit(0);

@@ -160,6 +160,9 @@ fn node_lavalink_client_connects_plays_pauses_seeks_resumes_and_destroys() {
     assert_eq!(seen["seen"][0]["event"], "trackStart", "{seen}");
     assert_eq!(seen["endReason"], "finished", "{seen}");
     assert_eq!(seen["sameSession"], true, "{seen}");
+    // The library's filter calls reached the node as Lavalink filters.
+    assert!(seen["filters"]["timescale"]["speed"].as_f64().is_some_and(|s| s > 1.2), "{seen}");
+    assert_eq!(seen["filters"]["lowPass"]["smoothing"], 20, "{seen}");
     // The audio reached the voice server, and the player is gone afterwards.
     let conn = rig.voice.wait_connection(guild, Duration::from_secs(1));
     assert!(conn.audio().non_silent().packets() > 50);

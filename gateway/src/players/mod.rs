@@ -268,6 +268,19 @@ impl Registry {
         Some(json!({"sent": sent / n, "nulled": nulled / n, "deficit": deficit / n}))
     }
 
+    /// A worker died: its players' audio stopped. For frameStats their minute counts as lost
+    /// (deficit), not as missing data (§4.4); they show as disconnected.
+    pub fn on_worker_lost(&self, worker: u32) {
+        let mut st = self.lock();
+        let now = std::time::Instant::now();
+        for p in st.sessions.values_mut().flat_map(|s| s.players.values_mut()).filter(|p| p.worker == worker) {
+            let usable = p.playing_since.is_some_and(|since| now.duration_since(since) >= std::time::Duration::from_secs(59));
+            p.frames = Some((now, 0, 0, usable));
+            p.state.connected = false;
+            p.state.ping_ms = -1;
+        }
+    }
+
     /// Handles an event a worker reported about one of its players.
     pub fn on_event(&self, worker: u32, player: u64, event: PlayerEvent) {
         let mut guard = self.lock();

@@ -72,8 +72,16 @@ pub(crate) struct Shared {
     /// Requests sent to a worker and not answered yet: id → (worker, reply).
     pub requests: Mutex<HashMap<u64, (u32, oneshot::Sender<LoadResult>)>>,
     pub next_request: AtomicU64,
-    /// Player events from workers: (worker, player, event).
-    pub player_events: mpsc::UnboundedSender<(u32, u64, PlayerEvent)>,
+    /// Player events from workers, and word of workers that went away.
+    pub player_events: mpsc::UnboundedSender<WorkerEvent>,
+}
+
+/// What the supervisor tells the player registry.
+#[derive(Debug)]
+pub enum WorkerEvent {
+    Player { worker: u32, player: u64, event: PlayerEvent },
+    /// The worker's process is gone, with every player it hosted.
+    Lost { worker: u32 },
 }
 
 impl Shared {
@@ -108,9 +116,11 @@ impl Shared {
         }
     }
 
-    /// Drops the pending requests of a worker that went away: their callers see a fault.
-    pub fn fail_requests(&self, worker_id: u32) {
+    /// A worker's connection ended: its pending requests fail (their callers see a fault) and
+    /// the registry hears that its players are gone.
+    pub fn worker_lost(&self, worker_id: u32) {
         self.requests.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, (w, _)| *w != worker_id);
+        let _ = self.player_events.send(WorkerEvent::Lost { worker: worker_id });
     }
 
     fn in_flight(&self, worker_id: u32) -> usize {
@@ -145,7 +155,7 @@ impl Supervisor {
     /// Creates the IPC socket and starts one slot per worker. Returns at once; see [`Self::wait_ready`].
     pub fn start(
         config: SupervisorConfig,
-        player_events: mpsc::UnboundedSender<(u32, u64, PlayerEvent)>,
+        player_events: mpsc::UnboundedSender<WorkerEvent>,
     ) -> Result<Self, SupervisorError> {
         if !is_executable(&config.worker_binary) {
             return Err(SupervisorError::WorkerBinary(config.worker_binary.clone()));

@@ -283,7 +283,7 @@ async fn serve(
                 error!(pid, exit = %why, "worker exited");
                 shared.update(id, |s| s.last_exit = Some(why));
                 shared.set_outbound(id, None);
-                shared.fail_requests(id);
+                shared.worker_lost(id);
                 return Outcome::Ended { healthy: started.elapsed() >= HEALTHY_AFTER };
             }
             _ = cancel.cancelled() => {
@@ -293,7 +293,7 @@ async fn serve(
         }
     };
     shared.set_outbound(id, None);
-    shared.fail_requests(id);
+    shared.worker_lost(id);
     drop(tx);
     // Give the worker its grace period to exit, then make sure it is gone and reaped.
     let grace = if matches!(outcome, Outcome::Shutdown) { SHUTDOWN_GRACE } else { Duration::from_millis(500) };
@@ -364,7 +364,7 @@ async fn read_loop(
             }
             ToGateway::Hello(_) => return "worker sent a second hello".into(),
             ToGateway::Player { player, event } => {
-                let _ = shared.player_events.send((id, player, event));
+                let _ = shared.player_events.send(super::WorkerEvent::Player { worker: id, player, event });
             }
             ToGateway::Loaded { id: request, result } => {
                 if !shared.answer(id, request, result) {
