@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// A track given to a player, numbered so worker events can be matched to it.
 #[derive(Debug, Clone)]
@@ -52,7 +52,13 @@ pub struct Player {
     pub end_time: Option<u64>,
     pub voice: Option<Voice>,
     pub filters: Value,
+    /// The same filters as the worker got them (to restore the player elsewhere).
+    pub filters_parsed: caldera_protocol::Filters,
     pub state: PlayerState,
+    /// The track that was playing when this player's worker last crashed (quarantine).
+    pub crashed_with: Option<u64>,
+    /// A track restored on a new worker: its repeated TrackStart is not sent again.
+    pub restored_seq: Option<u64>,
     /// Since when tracks have played back to back (switches under 100 ms keep it), for
     /// frameStats usability (lavalink-internals §4.4).
     pub playing_since: Option<std::time::Instant>,
@@ -268,16 +274,78 @@ impl Registry {
         Some(json!({"sent": sent / n, "nulled": nulled / n, "deficit": deficit / n}))
     }
 
-    /// A worker died: its players' audio stopped. For frameStats their minute counts as lost
-    /// (deficit), not as missing data (§4.4); they show as disconnected.
+    /// A worker died: its players are re-created on healthy workers from the registry (same
+    /// voice state, track at the last reported position, volume, filters, paused, end time) —
+    /// unless the same track was playing in that player's previous crash too: then it is
+    /// quarantined (TrackException `fault` + TrackEnd `loadFailed`) instead of crashing a third
+    /// worker. For frameStats the lost minute counts as deficit, not as missing data (§4.4).
     pub fn on_worker_lost(&self, worker: u32) {
-        let mut st = self.lock();
+        let mut commands: Vec<(u32, u64, PlayerCommand)> = Vec::new();
+        let mut guard = self.lock();
+        let st = &mut *guard;
         let now = std::time::Instant::now();
-        for p in st.sessions.values_mut().flat_map(|s| s.players.values_mut()).filter(|p| p.worker == worker) {
-            let usable = p.playing_since.is_some_and(|since| now.duration_since(since) >= std::time::Duration::from_secs(59));
-            p.frames = Some((now, 0, 0, usable));
-            p.state.connected = false;
-            p.state.ping_ms = -1;
+        let ready: Vec<u32> = self.supervisor.ready_workers().into_iter().filter(|w| *w != worker).collect();
+        let mut load: HashMap<u32, usize> = ready.iter().map(|w| (*w, 0)).collect();
+        for p in st.sessions.values().flat_map(|s| s.players.values()) {
+            if let Some(n) = load.get_mut(&p.worker) {
+                *n += 1;
+            }
+        }
+        for session in st.sessions.values_mut() {
+            let user_id = session.user_id;
+            for p in session.players.values_mut().filter(|p| p.worker == worker) {
+                let usable = p.playing_since.is_some_and(|since| now.duration_since(since) >= std::time::Duration::from_secs(59));
+                p.frames = Some((now, 0, 0, usable));
+                p.state.connected = false;
+                p.state.ping_ms = -1;
+                // Quarantine: the same track was playing in this player's previous crash.
+                let current = p.track.as_ref().map(|t| t.seq);
+                if current.is_some() && current == p.crashed_with {
+                    let t = p.track.take().expect("current track");
+                    p.live_tracks.remove(&t.seq);
+                    let track = track_json_with(&t.data, t.encoded.clone(), &t.user_data);
+                    let guild = p.guild_id.to_string();
+                    let exception = json!({"message": "This track crashed its worker twice and was not restarted.", "severity": "fault", "cause": "worker process exited during playback", "causeStackTrace": "worker process exited during playback"});
+                    session.link.send(json!({"op": "event", "type": "TrackExceptionEvent", "guildId": guild, "track": track, "exception": exception}).to_string(), false);
+                    session.link.send(json!({"op": "event", "type": "TrackEndEvent", "guildId": guild, "track": track, "reason": "loadFailed"}).to_string(), false);
+                    warn!(guild = p.guild_id, "track quarantined after crashing two workers");
+                }
+                p.crashed_with = p.track.as_ref().map(|t| t.seq);
+                let Some((&target, _)) = load.iter().filter(|(_, n)| **n < self.players_per_worker).min_by_key(|(w, n)| (**n, **w)) else {
+                    warn!(guild = p.guild_id, "no healthy worker to restore the player on");
+                    continue;
+                };
+                *load.get_mut(&target).expect("listed") += 1;
+                p.worker = target;
+                commands.push((target, p.id, PlayerCommand::Create { guild_id: p.guild_id, user_id }));
+                if let Some(v) = &p.voice {
+                    commands.push((target, p.id, PlayerCommand::Voice(caldera_protocol::VoiceServer {
+                        token: v.token.clone(),
+                        endpoint: v.endpoint.clone(),
+                        session_id: v.session_id.clone(),
+                        channel_id: v.channel_id.parse().unwrap_or(0),
+                    })));
+                }
+                commands.push((target, p.id, PlayerCommand::Volume(p.volume)));
+                commands.push((target, p.id, PlayerCommand::Filters(p.filters_parsed.clone())));
+                if let Some(t) = &p.track {
+                    p.restored_seq = Some(t.seq);
+                    commands.push((target, p.id, PlayerCommand::Play {
+                        track_seq: t.seq,
+                        track: t.data.clone(),
+                        start_ms: p.state.position_ms,
+                        end_ms: p.end_time,
+                        paused: p.paused,
+                    }));
+                }
+                info!(guild = p.guild_id, from = worker, to = target, position_ms = p.state.position_ms, "player restored on another worker");
+            }
+        }
+        drop(guard);
+        for (worker, player, command) in commands {
+            if !self.supervisor.send(worker, ToWorker::Player { player, command }) {
+                warn!(worker, player, "could not reach the worker restoring a player");
+            }
         }
     }
 
@@ -306,6 +374,8 @@ impl Registry {
         };
         let is_update = matches!(event, PlayerEvent::State(_));
         let msg = match event {
+            // A restored track starts again on its new worker; the client already heard its start.
+            PlayerEvent::TrackStart { track_seq } if p.restored_seq.take() == Some(track_seq) => None,
             PlayerEvent::TrackStart { track_seq } => {
                 let now = std::time::Instant::now();
                 let back_to_back = p.last_track_end.is_some_and(|e| now.duration_since(e) < std::time::Duration::from_millis(100));
@@ -368,6 +438,9 @@ impl Player {
             end_time: None,
             voice: None,
             filters: json!({}),
+            filters_parsed: caldera_protocol::Filters::default(),
+            crashed_with: None,
+            restored_seq: None,
             playing_since: None,
             last_track_end: None,
             frames: None,

@@ -190,6 +190,7 @@ impl Resolved {
         }
         if let Some((raw, parsed)) = self.filters {
             p.filters = raw;
+            p.filters_parsed = parsed.clone();
             commands.push(PlayerCommand::Filters(parsed));
         }
         if let Some(end) = self.end_time {

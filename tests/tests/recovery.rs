@@ -1,0 +1,87 @@
+//! Crash recovery, end to end: a worker killed mid-playback; its players come back on another
+//! worker, audible at the voice double, while the other worker's players never gap.
+
+use caldera_tests::audio::sine_wav;
+use caldera_tests::rig::rig;
+use nix::sys::signal::Signal;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+fn worker_of(rig: &caldera_tests::rig::Rig, guild: u64) -> u64 {
+    let line = rig.node.logs.wait_for(&format!("guild_id={guild}}}: caldera_worker::player: voice connected"), Duration::from_secs(5)).expect("voice connected log");
+    line.split("worker{id=").nth(1).and_then(|r| r.split('}').next()).unwrap().parse().unwrap()
+}
+
+#[test]
+fn players_of_a_killed_worker_are_restored_elsewhere() {
+    let rig = rig(2);
+    let wav = sine_wav(440.0, 20.0, 48_000, 2, 0.5);
+    rig.play(6001, "/r1.wav", wav.clone(), json!({"volume": 80, "filters": {"volume": 0.9}}));
+    rig.play(6002, "/r2.wav", wav, json!({}));
+    let (a, b) = (worker_of(&rig, 6001), worker_of(&rig, 6002));
+    assert_ne!(a, b, "the two players should be on different workers");
+    let conn_b = rig.voice.wait_connection(6002, Duration::from_secs(10));
+    assert!(rig.voice.wait_connection(6001, Duration::from_secs(10)).wait_packets(100, Duration::from_secs(10)));
+    std::thread::sleep(Duration::from_millis(1200)); // a playerUpdate with a position
+    let workers: serde_json::Value = rig.node.get("/v4/caldera/workers").json().unwrap();
+    let pid = workers["workers"].as_array().unwrap().iter().find(|w| w["id"] == a).unwrap()["pid"].as_i64().unwrap();
+    let (_, before) = rig.session.get_player(6001);
+    let position_before = before["state"]["position"].as_u64().unwrap();
+
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    let killed = Instant::now();
+    // A second voice connection for the restored player, and audio on it within a second.
+    let conns = rig.voice.wait_connections(6001, 2, Duration::from_secs(5));
+    let restored = &conns[1];
+    assert!(restored.wait_packets(1, Duration::from_secs(3)));
+    let first_audio = restored.audio().non_silent().first_arrival().expect("restored audio");
+    let took = first_audio.duration_since(killed);
+    assert!(took < Duration::from_millis(1000), "audio back after {took:?}");
+    let restored_audio = restored.audio();
+    assert!((restored_audio.non_silent().dominant_frequency() - 440.0).abs() < 9.0);
+
+    std::thread::sleep(Duration::from_millis(1500));
+    // The other worker's player never gapped.
+    let other = conn_b.audio().non_silent();
+    assert!(other.max_gap() < Duration::from_millis(100), "player on the healthy worker gapped {:?}", other.max_gap());
+    // Same session, same player, resumed near where it was, on the other worker, volume and
+    // filters kept; no second TrackStart.
+    let (status, after) = rig.session.get_player(6001);
+    assert_eq!(status, 200);
+    assert_eq!(after["volume"], 80);
+    assert_eq!(after["filters"], json!({"volume": 0.9}));
+    let position_after = after["state"]["position"].as_u64().unwrap();
+    assert!(position_after >= position_before, "{position_before} → {position_after}");
+    let starts = rig.session.messages().iter().filter(|m| m["type"] == "TrackStartEvent" && m["guildId"] == "6001").count();
+    assert_eq!(starts, 1, "TrackStart repeated after the restore");
+    assert!(rig.session.closed().is_none());
+    let moved = rig.node.logs.wait_for("player restored on another worker", Duration::from_secs(1)).unwrap();
+    assert!(moved.contains(&format!("to={b}")), "{moved}");
+}
+
+#[test]
+fn a_track_that_crashes_two_workers_is_quarantined() {
+    let rig = rig(2);
+    rig.play(6101, "/q.wav", sine_wav(440.0, 30.0, 48_000, 2, 0.5), json!({}));
+    rig.voice.wait_connection(6101, Duration::from_secs(10)).wait_packets(25, Duration::from_secs(10));
+    let kill_host = || {
+        let workers: serde_json::Value = rig.node.get("/v4/caldera/workers").json().unwrap();
+        let players: Vec<&serde_json::Value> = workers["workers"].as_array().unwrap().iter().filter(|w| w["players"] == 1).collect();
+        assert_eq!(players.len(), 1, "{workers}");
+        let pid = players[0]["pid"].as_i64().unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    };
+    kill_host();
+    let conns = rig.voice.wait_connections(6101, 2, Duration::from_secs(5));
+    assert!(conns[1].wait_packets(10, Duration::from_secs(5)), "restored after the first crash");
+    // Wait until the killed worker is back, so the second crash has somewhere to go too.
+    rig.node.wait_workers(2, Duration::from_secs(10));
+    kill_host();
+    let (_, exception) = rig.session.wait_event("TrackExceptionEvent", 6101, Duration::from_secs(5)).expect("quarantine exception");
+    assert_eq!(exception["exception"]["severity"], "fault");
+    assert!(exception["exception"]["message"].as_str().unwrap().contains("crashed its worker"));
+    let (_, end) = rig.ended(6101, Duration::from_secs(5));
+    assert_eq!(end["reason"], "loadFailed");
+    let (_, player) = rig.session.get_player(6101);
+    assert!(player["track"].is_null(), "{player}");
+}
