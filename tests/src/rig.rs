@@ -50,6 +50,23 @@ impl Rig {
         player
     }
 
+    /// The worker slot hosting `guild`'s player, from the worker's "voice connected" log line.
+    pub fn worker_of(&self, guild: u64) -> u64 {
+        let line = self
+            .node
+            .logs
+            .wait_for(&format!("guild_id={guild}}}: caldera_worker::player: voice connected"), Duration::from_secs(5))
+            .expect("voice connected log");
+        line.split("worker{id=").nth(1).and_then(|r| r.split('}').next()).and_then(|id| id.parse().ok()).expect("worker id in the log")
+    }
+
+    /// The pid of worker slot `id`, from `/v4/caldera/workers`.
+    pub fn worker_pid(&self, id: u64) -> u32 {
+        let workers: Value = self.node.get("/v4/caldera/workers").json().unwrap();
+        let w = workers["workers"].as_array().unwrap().iter().find(|w| w["id"] == id).expect("worker listed");
+        w["pid"].as_u64().expect("worker has a pid") as u32
+    }
+
     pub fn ended(&self, guild: u64, timeout: Duration) -> (Instant, Value) {
         self.session.wait_event("TrackEndEvent", guild, timeout).unwrap_or_else(|| panic!("no TrackEndEvent for {guild}: {:#?}", self.session.messages()))
     }

@@ -7,24 +7,18 @@ use nix::sys::signal::Signal;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
-fn worker_of(rig: &caldera_tests::rig::Rig, guild: u64) -> u64 {
-    let line = rig.node.logs.wait_for(&format!("guild_id={guild}}}: caldera_worker::player: voice connected"), Duration::from_secs(5)).expect("voice connected log");
-    line.split("worker{id=").nth(1).and_then(|r| r.split('}').next()).unwrap().parse().unwrap()
-}
-
 #[test]
 fn players_of_a_killed_worker_are_restored_elsewhere() {
     let rig = rig(2);
     let wav = sine_wav(440.0, 20.0, 48_000, 2, 0.5);
     rig.play(6001, "/r1.wav", wav.clone(), json!({"volume": 80, "filters": {"volume": 0.9}}));
     rig.play(6002, "/r2.wav", wav, json!({}));
-    let (a, b) = (worker_of(&rig, 6001), worker_of(&rig, 6002));
+    let (a, b) = (rig.worker_of(6001), rig.worker_of(6002));
     assert_ne!(a, b, "the two players should be on different workers");
     let conn_b = rig.voice.wait_connection(6002, Duration::from_secs(10));
     assert!(rig.voice.wait_connection(6001, Duration::from_secs(10)).wait_packets(100, Duration::from_secs(10)));
     std::thread::sleep(Duration::from_millis(1200)); // a playerUpdate with a position
-    let workers: serde_json::Value = rig.node.get("/v4/caldera/workers").json().unwrap();
-    let pid = workers["workers"].as_array().unwrap().iter().find(|w| w["id"] == a).unwrap()["pid"].as_i64().unwrap();
+    let pid = rig.worker_pid(a);
     let (_, before) = rig.session.get_player(6001);
     let position_before = before["state"]["position"].as_u64().unwrap();
 

@@ -107,11 +107,7 @@ fn two_guilds_on_two_workers_hear_their_own_tone() {
         assert_clean_tone(&audio, freq, 150, &format!("guild {guild}"));
     }
     // Placed on different workers: each worker logs its own players' voice connections.
-    let worker_of = |guild: u64| {
-        let line = rig.node.logs.wait_for(&format!("guild_id={guild}}}: caldera_worker::player: voice connected"), Duration::from_secs(1)).expect("voice connected log");
-        line.split("worker{id=").nth(1).and_then(|r| r.split('}').next()).unwrap().to_string()
-    };
-    assert_ne!(worker_of(501), worker_of(502));
+    assert_ne!(rig.worker_of(501), rig.worker_of(502));
 }
 
 #[test]

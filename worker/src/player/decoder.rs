@@ -9,7 +9,7 @@ use caldera_protocol::{ExceptionSeverity, TrackData, TrackException, WorkerSetti
 use rubato::{FftFixedIn, Resampler};
 use std::sync::Arc;
 use symphonia::core::audio::SampleBuffer;
-use symphonia::core::codecs::{Decoder, DecoderOptions, CODEC_TYPE_NULL, CODEC_TYPE_OPUS};
+use symphonia::core::codecs::{Decoder, DecoderOptions, CODEC_TYPE_OPUS};
 use symphonia::core::errors::Error as SymError;
 use symphonia::core::formats::{FormatReader, SeekMode, SeekTo};
 use symphonia::core::units::Time;
@@ -39,12 +39,7 @@ pub fn spawn(track: TrackData, start_ms: u64, settings: WorkerSettings, ring: Ar
 
 fn run(track: &TrackData, start_ms: u64, settings: &WorkerSettings, ring: &Ring) -> Result<(), LoadFailure> {
     let (mut format, container) = sources::open_for_playback(track, settings)?;
-    let track_info = format
-        .tracks()
-        .iter()
-        .find(|t| t.codec_params.codec != CODEC_TYPE_NULL)
-        .cloned()
-        .ok_or_else(|| LoadFailure::common("No supported audio tracks present in the file.", container.probe_name().into()))?;
+    let track_info = sources::probe::audio_track(format.as_ref(), container)?;
     let mut decoder = AudioDecoder::new(&track_info.codec_params)?;
     let mut out = Output::new();
     if start_ms > 0 {

@@ -3,7 +3,7 @@
 use super::container::Container;
 use super::LoadFailure;
 use symphonia::core::codecs::CODEC_TYPE_NULL;
-use symphonia::core::formats::{FormatOptions, FormatReader, SeekMode, SeekTo};
+use symphonia::core::formats::{FormatOptions, FormatReader, SeekMode, SeekTo, Track};
 use symphonia::core::io::{MediaSource, MediaSourceStream, MediaSourceStreamOptions};
 use symphonia::core::meta::{MetadataOptions, MetadataRevision, StandardTagKey};
 use symphonia::core::probe::Hint;
@@ -37,16 +37,21 @@ pub fn open_format(source: Box<dyn MediaSource>, container: Container) -> Result
     Ok((probed.format, tags))
 }
 
-/// Probes a file (not a stream): duration from the header, else by walking its packets, then a
-/// check that the end of the file is really there.
-pub fn probe_file(source: Box<dyn MediaSource>, container: Container) -> Result<Probed, LoadFailure> {
-    let (mut format, mut probed) = open_format(source, container)?;
-    let track = format
+/// The first track with a codec (video containers may list others first).
+pub fn audio_track(format: &dyn FormatReader, container: Container) -> Result<Track, LoadFailure> {
+    format
         .tracks()
         .iter()
         .find(|t| t.codec_params.codec != CODEC_TYPE_NULL)
         .cloned()
-        .ok_or_else(|| LoadFailure::common("No supported audio tracks present in the file.", container.probe_name().to_string()))?;
+        .ok_or_else(|| LoadFailure::common("No supported audio tracks present in the file.", container.probe_name().to_string()))
+}
+
+/// Probes a file (not a stream): duration from the header, else by walking its packets, then a
+/// check that the end of the file is really there.
+pub fn probe_file(source: Box<dyn MediaSource>, container: Container) -> Result<Probed, LoadFailure> {
+    let (mut format, mut probed) = open_format(source, container)?;
+    let track = audio_track(format.as_ref(), container)?;
     let params = &track.codec_params;
     let time_base = params.time_base.or_else(|| params.sample_rate.map(|r| symphonia::core::units::TimeBase::new(1, r)));
     let Some(time_base) = time_base else {
@@ -82,9 +87,7 @@ pub fn probe_file(source: Box<dyn MediaSource>, container: Container) -> Result<
 /// Reads tags of a stream's first bytes (no seeking).
 pub fn probe_stream(source: Box<dyn MediaSource>, container: Container) -> Result<Probed, LoadFailure> {
     let (format, probed) = open_format(source, container)?;
-    if !format.tracks().iter().any(|t| t.codec_params.codec != CODEC_TYPE_NULL) {
-        return Err(LoadFailure::common("No supported audio tracks present in the file.", container.probe_name().into()));
-    }
+    audio_track(format.as_ref(), container)?;
     Ok(probed)
 }
 
