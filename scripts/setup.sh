@@ -13,6 +13,7 @@ command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
 command -v git >/dev/null 2>&1 || need_apt+=(git)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi

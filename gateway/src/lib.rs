@@ -7,6 +7,7 @@ pub mod metrics;
 pub mod players;
 pub mod stats;
 pub mod supervisor;
+pub mod systemd;
 
 use config::Loaded;
 use std::net::SocketAddr;
@@ -99,12 +100,34 @@ pub async fn run(loaded: Loaded) -> Result<(), GatewayError> {
     let state = http::AppState::new(config.clone(), supervisor.clone(), registry.clone(), stats, stop.clone(), metrics);
     let websockets = state.websockets.clone();
     let app = http::router(state);
+    // Tell systemd: ready now (workers up, listener open), then watchdog pings and status.
+    let notifier = Arc::new(systemd::Notifier::from_env());
+    notifier.notify(&format!("READY=1\nSTATUS=serving on {local} with {ready} of {workers} workers"));
+    let heartbeat = {
+        let (notifier, registry, supervisor) = (notifier.clone(), registry.clone(), supervisor.clone());
+        tokio::spawn(async move {
+            let every = notifier.watchdog_interval().unwrap_or(Duration::from_secs(10));
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let (players, playing) = registry.player_counts();
+                let up = supervisor.workers().iter().filter(|w| w.state == supervisor::WorkerState::Ready).count();
+                let mut msg = format!("STATUS={players} players ({playing} playing), {up} workers ready");
+                if notifier.watchdog_interval().is_some() {
+                    msg.push_str("\nWATCHDOG=1");
+                }
+                notifier.notify(&msg);
+            }
+        })
+    };
     let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(stop.clone().cancelled_owned())
         .await;
 
     // Phase 3: close WebSockets (1001), stop workers, exit.
     info!("shutting down");
+    heartbeat.abort();
+    notifier.notify("STOPPING=1\nSTATUS=stopping");
     websockets.wait_closed(Duration::from_secs(3)).await;
     supervisor.shutdown(Supervisor::grace()).await;
     relay.abort();

@@ -277,3 +277,53 @@ fn check_config_validates_files() {
     let missing = Command::new(bin("caldera")).args(["check-config", "--config", "/nonexistent.yml"]).output().unwrap();
     assert_eq!(missing.status.code(), Some(1));
 }
+
+#[test]
+fn systemd_notify_ready_watchdog_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut node = Node::start_with(NodeOptions {
+        workers: 2,
+        env: vec![("NOTIFY_SOCKET".into(), path.display().to_string()), ("WATCHDOG_USEC".into(), "200000".into())],
+        wait_listening: false,
+        ..Default::default()
+    });
+    let recv = || {
+        let mut buf = [0u8; 1024];
+        socket.recv(&mut buf).ok().map(|n| String::from_utf8_lossy(&buf[..n]).to_string())
+    };
+    let ready = eventually(Duration::from_secs(30), "READY=1", || recv().filter(|m| m.contains("READY=1")));
+    // READY only once both workers said hello and the listener is up: its status line carries
+    // what the gateway saw at that moment.
+    assert!(ready.contains("STATUS=serving on 127.0.0.1:") && ready.contains("with 2 of 2 workers"), "{ready}");
+    assert!(node.logs.wait_count("worker ready pid=", 2, Duration::from_secs(5)));
+    // Watchdog pings at half of WATCHDOG_USEC (every 100 ms).
+    let t0 = Instant::now();
+    let mut pings = 0;
+    while t0.elapsed() < Duration::from_secs(1) {
+        if recv().is_some_and(|m| m.contains("WATCHDOG=1")) {
+            pings += 1;
+        }
+    }
+    assert!((6..=14).contains(&pings), "{pings} watchdog pings in 1 s");
+    node.signal(Signal::SIGTERM);
+    eventually(Duration::from_secs(10), "STOPPING=1", || recv().filter(|m| m.contains("STOPPING=1")));
+    assert!(node.wait_exit(Duration::from_secs(10)).expect("stopped").success());
+}
+
+#[test]
+fn systemd_units_verify() {
+    // The units name /usr/local/bin/caldera; verify them against the binary just built.
+    let dir = tempfile::tempdir().unwrap();
+    let units = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd");
+    for (file, as_name) in [("caldera.service", "caldera.service"), ("caldera@.service", "caldera@a.service")] {
+        let text = std::fs::read_to_string(units.join(file)).unwrap().replace("/usr/local/bin/caldera", bin("caldera").to_str().unwrap());
+        let path = dir.path().join(as_name);
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new("systemd-analyze").arg("verify").arg(&path).output().expect("systemd-analyze (Debian's systemd package)");
+        let said = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && said.trim().is_empty(), "{file}: {said}");
+    }
+}
