@@ -263,6 +263,37 @@ pub struct CalderaConfig {
     pub local_directories: Vec<PathBuf>,
     /// Time allowed for loading one identifier (probing it in a worker), in milliseconds.
     pub load_timeout_ms: u64,
+    pub worker: WorkerProcessConfig,
+}
+
+/// `caldera.worker`: how worker processes are confined.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct WorkerProcessConfig {
+    /// `strict` (default), `relaxed` (no seccomp) or `off`.
+    pub sandbox: String,
+    /// Data-segment ceiling per worker, e.g. `512M`, `2G` or bytes; none by default.
+    pub memory_limit: Option<String>,
+}
+
+impl Default for WorkerProcessConfig {
+    fn default() -> Self {
+        Self { sandbox: "strict".into(), memory_limit: None }
+    }
+}
+
+impl WorkerProcessConfig {
+    /// The memory limit in bytes.
+    pub fn memory_limit_bytes(&self) -> Option<Result<u64, String>> {
+        let raw = self.memory_limit.as_deref()?.trim();
+        let (num, mult) = match raw.chars().last()?.to_ascii_uppercase() {
+            'K' => (&raw[..raw.len() - 1], 1u64 << 10),
+            'M' => (&raw[..raw.len() - 1], 1 << 20),
+            'G' => (&raw[..raw.len() - 1], 1 << 30),
+            _ => (raw, 1),
+        };
+        Some(num.trim().parse::<u64>().map(|n| n * mult).map_err(|_| format!("`{raw}` is not a size like 512M or 2G")))
+    }
 }
 
 impl Default for CalderaConfig {
@@ -273,6 +304,7 @@ impl Default for CalderaConfig {
             worker_binary: None,
             local_directories: Vec::new(),
             load_timeout_ms: 20_000,
+            worker: WorkerProcessConfig::default(),
         }
     }
 }
@@ -385,6 +417,14 @@ impl Config {
         }
         if !(1000..=600_000).contains(&self.caldera.load_timeout_ms) {
             return fail("caldera.loadTimeoutMs", format!("must be 1000-600000, got {}", self.caldera.load_timeout_ms));
+        }
+        if !["strict", "relaxed", "off"].contains(&self.caldera.worker.sandbox.to_ascii_lowercase().as_str()) {
+            return fail("caldera.worker.sandbox", format!("must be strict, relaxed or off, got `{}`", self.caldera.worker.sandbox));
+        }
+        match self.caldera.worker.memory_limit_bytes() {
+            Some(Err(message)) => return fail("caldera.worker.memoryLimit", message),
+            Some(Ok(b)) if b < 64 << 20 => return fail("caldera.worker.memoryLimit", "must be at least 64M".into()),
+            _ => {}
         }
         for dir in &self.caldera.local_directories {
             if !dir.is_absolute() || !dir.is_dir() {

@@ -50,6 +50,13 @@ pub async fn run(loaded: Loaded) -> Result<(), GatewayError> {
         track_stuck_threshold_ms: config.lavalink.server.track_stuck_threshold_ms,
         ..Default::default()
     };
+    supervisor_config.worker_env = vec![
+        ("CALDERA_SANDBOX".into(), config.caldera.worker.sandbox.to_ascii_lowercase().into()),
+        ("CALDERA_LOCAL_DIRS".into(), config.canonical_local_directories().join("\n").into()),
+    ];
+    if let Some(Ok(bytes)) = config.caldera.worker.memory_limit_bytes() {
+        supervisor_config.worker_env.push(("CALDERA_WORKER_MEMORY_LIMIT".into(), bytes.to_string().into()));
+    }
     let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
     let supervisor = Arc::new(Supervisor::start(supervisor_config, events_tx)?);
     let registry = Arc::new(players::Registry::new(supervisor.clone(), config.caldera.players_per_worker));

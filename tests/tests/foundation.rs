@@ -212,6 +212,8 @@ fn workers_get_a_cleared_environment() {
     let allowed = [
         "CALDERA_GATEWAY_PID",
         "CALDERA_IPC_SOCKET",
+        "CALDERA_LOCAL_DIRS",
+        "CALDERA_SANDBOX",
         "CALDERA_WORKER_ID",
         "CALDERA_WORKER_TOKEN",
         "NO_COLOR",
@@ -271,6 +273,9 @@ fn check_config_validates_files() {
     let (code, text) = run("lavalink:\n  server:\n    playerUpdateInterval: soon\n");
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("lavalink.server.playerUpdateInterval"), "{text}");
+    let (code, text) = run("caldera:\n  worker:\n    sandbox: sometimes\n");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("caldera.worker.sandbox"), "{text}");
     let (code, text) = run("server:\n  port: 2333\nlavalink:\n  server:\n    password: x\n  mystery: 1\n");
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("lavalink.mystery"), "unknown keys are reported: {text}");
@@ -326,4 +331,22 @@ fn systemd_units_verify() {
         let said = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success() && said.trim().is_empty(), "{file}: {said}");
     }
+}
+
+#[test]
+fn workers_run_sandboxed_unless_told_otherwise() {
+    let status_of = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |status: &str, key: &str| status.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)).unwrap_or("").to_string();
+    let strict = Node::start_with(NodeOptions { workers: 1, ..Default::default() });
+    let pid = strict.wait_workers(1, Duration::from_secs(20))[0];
+    let s = status_of(pid);
+    assert_eq!(field(&s, "NoNewPrivs:"), "1");
+    assert_eq!(field(&s, "Seccomp:"), "2");
+    assert!(strict.logs.wait_for("sandbox applied mode=Strict", Duration::from_secs(5)).is_some());
+    // The gateway itself is not sandboxed; only the workers that parse media are.
+    assert_eq!(field(&status_of(strict.pid()), "Seccomp:"), "0");
+    let off = Node::start_with(NodeOptions { workers: 1, yaml: "caldera:\n  workers: 1\n  worker:\n    sandbox: off\n".into(), ..Default::default() });
+    let pid = off.wait_workers(1, Duration::from_secs(20))[0];
+    assert_eq!(field(&status_of(pid), "Seccomp:"), "0");
+    assert!(off.logs.wait_for("SANDBOX OFF", Duration::from_secs(5)).is_some(), "off must be loud");
 }

@@ -5,6 +5,7 @@ pub mod dsp;
 mod ipc;
 mod player;
 mod process;
+pub mod sandbox;
 pub mod sources;
 
 use std::path::PathBuf;
@@ -23,6 +24,8 @@ pub enum WorkerError {
     Runtime(std::io::Error),
     #[error(transparent)]
     Ipc(#[from] ipc::IpcError),
+    #[error("sandbox: {0}")]
+    Sandbox(#[from] sandbox::SandboxError),
 }
 
 /// What the gateway hands a worker through its (otherwise empty) environment.
@@ -32,6 +35,9 @@ pub struct WorkerConfig {
     pub token: String,
     pub worker_id: u32,
     pub gateway_pid: i32,
+    pub sandbox: sandbox::Mode,
+    /// Directories the local source reads (the sandbox lets the worker read them).
+    pub local_dirs: Vec<String>,
 }
 
 impl WorkerConfig {
@@ -48,6 +54,13 @@ impl WorkerConfig {
             token: get("CALDERA_WORKER_TOKEN")?,
             worker_id: parse("CALDERA_WORKER_ID")?,
             gateway_pid: parse("CALDERA_GATEWAY_PID")?,
+            sandbox: match std::env::var("CALDERA_SANDBOX") {
+                Ok(v) => sandbox::Mode::parse(&v).ok_or(WorkerError::InvalidEnv { name: "CALDERA_SANDBOX", value: v })?,
+                Err(_) => sandbox::Mode::Strict,
+            },
+            local_dirs: std::env::var("CALDERA_LOCAL_DIRS")
+                .map(|v| v.split('\n').filter(|d| !d.is_empty()).map(str::to_string).collect())
+                .unwrap_or_default(),
         })
     }
 }
@@ -56,6 +69,11 @@ impl WorkerConfig {
 /// thread (STYLE §6).
 pub fn run(config: WorkerConfig) -> Result<(), WorkerError> {
     process::die_with_parent(config.gateway_pid)?;
+    let report = sandbox::apply(config.sandbox, &sandbox::readable_paths(&config.local_dirs))?;
+    match config.sandbox {
+        sandbox::Mode::Off => tracing::warn!("SANDBOX OFF: this worker parses untrusted media without any confinement"),
+        mode => tracing::info!(?mode, closed_fds = report.closed_fds, landlock = %report.landlock, no_new_privs = report.no_new_privs, seccomp = report.seccomp, "sandbox applied"),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -45,6 +45,8 @@ pub struct SupervisorConfig {
     pub hello_timeout: Duration,
     /// Sent to every worker after its hello.
     pub settings: WorkerSettings,
+    /// Extra environment for worker processes (sandbox mode, memory limit, local directories).
+    pub worker_env: Vec<(String, OsString)>,
 }
 
 impl SupervisorConfig {
@@ -56,6 +58,7 @@ impl SupervisorConfig {
             ping_timeout: Duration::from_secs(5),
             hello_timeout: Duration::from_secs(10),
             settings: WorkerSettings::default(),
+            worker_env: Vec::new(),
         }
     }
 }
@@ -135,6 +138,7 @@ impl Shared {
             ("CALDERA_WORKER_ID".into(), worker_id.to_string().into()),
             ("CALDERA_GATEWAY_PID".into(), std::process::id().to_string().into()),
         ];
+        env.extend(self.config.worker_env.iter().cloned());
         for key in ["RUST_LOG", "RUST_BACKTRACE", "SSL_CERT_FILE", "SSL_CERT_DIR", "NO_COLOR"] {
             if let Some(v) = std::env::var_os(key) {
                 env.push((key.into(), v));

@@ -1,0 +1,178 @@
+//! The worker's sandbox (STYLE §6), applied at start before the runtime starts any thread, in
+//! this order: stray file descriptors closed, rlimits, landlock (read-only access to what the
+//! worker needs, writes nowhere), `PR_SET_NO_NEW_PRIVS`, seccomp last (a deny-list: exec,
+//! ptrace, mounts, bpf, kexec, kernel modules, the setuid family, raw and packet sockets).
+//! What could be enforced is logged; where the kernel lacks a feature the worker degrades and
+//! says so. Modes (`caldera.worker.sandbox`): `strict` (all), `relaxed` (no seccomp), `off`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Strict,
+    Relaxed,
+    Off,
+}
+
+impl Mode {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "strict" => Some(Mode::Strict),
+            "relaxed" => Some(Mode::Relaxed),
+            "off" => Some(Mode::Off),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("cannot set resource limit {0}: {1}")]
+    Rlimit(&'static str, nix::Error),
+    #[error("cannot build the landlock ruleset: {0}")]
+    Landlock(String),
+    #[error("cannot set no_new_privs: {0}")]
+    NoNewPrivs(nix::Error),
+    #[error("cannot build or load the seccomp filter: {0}")]
+    Seccomp(String),
+}
+
+/// What was enforced, for the log.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub closed_fds: usize,
+    pub landlock: String,
+    pub no_new_privs: bool,
+    pub seccomp: bool,
+}
+
+/// Files and directories a worker may read: system libraries (for the resolver's NSS modules),
+/// TLS roots, resolver configuration, /proc and /sys (its own figures, CPU topology), random
+/// devices, and the local-source directories.
+pub fn readable_paths(local_dirs: &[String]) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = [
+        "/usr", "/lib", "/lib64", "/etc/ssl", "/etc/ca-certificates", "/etc/pki", "/etc/resolv.conf", "/etc/hosts",
+        "/etc/nsswitch.conf", "/etc/gai.conf", "/etc/host.conf", "/etc/localtime", "/proc", "/sys", "/dev/urandom", "/dev/random",
+        "/dev/null",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .collect();
+    for var in ["SSL_CERT_FILE", "SSL_CERT_DIR"] {
+        if let Some(v) = std::env::var_os(var) {
+            paths.push(PathBuf::from(v));
+        }
+    }
+    paths.extend(local_dirs.iter().map(PathBuf::from));
+    paths.into_iter().filter(|p| p.exists()).collect()
+}
+
+/// Applies the sandbox to the calling (only) thread and everything it starts later.
+pub fn apply(mode: Mode, readable: &[PathBuf]) -> Result<Report, SandboxError> {
+    let mut report = Report::default();
+    if mode == Mode::Off {
+        return Ok(report);
+    }
+    report.closed_fds = close_stray_fds();
+    rlimits()?;
+    report.landlock = landlock(readable)?;
+    nix::sys::prctl::set_no_new_privs().map_err(SandboxError::NoNewPrivs)?;
+    report.no_new_privs = true;
+    if mode == Mode::Strict {
+        seccomp()?;
+        report.seccomp = true;
+    }
+    Ok(report)
+}
+
+/// Closes every inherited descriptor above stderr.
+fn close_stray_fds() -> usize {
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|dir| dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default();
+    let mut closed = 0;
+    for fd in fds.into_iter().filter(|fd| *fd > 2) {
+        // The directory handle used for the listing is already closed; EBADF is fine.
+        if nix::unistd::close(fd).is_ok() {
+            closed += 1;
+        }
+    }
+    closed
+}
+
+fn rlimits() -> Result<(), SandboxError> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(|e| SandboxError::Rlimit("RLIMIT_CORE", e))?;
+    // Sockets for many players, never unbounded.
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| SandboxError::Rlimit("RLIMIT_NOFILE", e))?;
+    let soft = hard.min(16_384);
+    setrlimit(Resource::RLIMIT_NOFILE, soft, soft).map_err(|e| SandboxError::Rlimit("RLIMIT_NOFILE", e))?;
+    if let Some(bytes) = std::env::var("CALDERA_WORKER_MEMORY_LIMIT").ok().and_then(|v| v.parse::<u64>().ok()).filter(|b| *b > 0) {
+        setrlimit(Resource::RLIMIT_DATA, bytes, bytes).map_err(|e| SandboxError::Rlimit("RLIMIT_DATA", e))?;
+    }
+    Ok(())
+}
+
+fn landlock(readable: &[PathBuf]) -> Result<String, SandboxError> {
+    use landlock::{Access, AccessFs, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr, ABI};
+    let abi = ABI::V3;
+    let err = |e: &dyn std::fmt::Display| SandboxError::Landlock(e.to_string());
+    let mut ruleset = Ruleset::default().handle_access(AccessFs::from_all(abi)).map_err(|e| err(&e))?.create().map_err(|e| err(&e))?;
+    let read = AccessFs::from_read(abi) & !AccessFs::Execute;
+    for path in readable {
+        let Ok(fd) = PathFd::new(path) else { continue };
+        // A file gets file rights only; a directory everything readable beneath it.
+        let access = if Path::new(path).is_dir() { read } else { read & AccessFs::from_file(abi) };
+        ruleset = ruleset.add_rule(PathBeneath::new(fd, access)).map_err(|e| err(&e))?;
+    }
+    let status = ruleset.restrict_self().map_err(|e| err(&e))?;
+    Ok(format!("{:?}", status.ruleset))
+}
+
+fn seccomp() -> Result<(), SandboxError> {
+    use seccompiler::{SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch};
+    let err = |e: &dyn std::fmt::Display| SandboxError::Seccomp(e.to_string());
+    let denied = [
+        libc::SYS_execve,
+        libc::SYS_execveat,
+        libc::SYS_ptrace,
+        libc::SYS_process_vm_readv,
+        libc::SYS_process_vm_writev,
+        libc::SYS_mount,
+        libc::SYS_umount2,
+        libc::SYS_pivot_root,
+        libc::SYS_chroot,
+        libc::SYS_bpf,
+        libc::SYS_kexec_load,
+        libc::SYS_kexec_file_load,
+        libc::SYS_init_module,
+        libc::SYS_finit_module,
+        libc::SYS_delete_module,
+        libc::SYS_setuid,
+        libc::SYS_setgid,
+        libc::SYS_setreuid,
+        libc::SYS_setregid,
+        libc::SYS_setresuid,
+        libc::SYS_setresgid,
+        libc::SYS_setgroups,
+        libc::SYS_setfsuid,
+        libc::SYS_setfsgid,
+        libc::SYS_reboot,
+        libc::SYS_swapon,
+        libc::SYS_swapoff,
+        libc::SYS_perf_event_open,
+        libc::SYS_add_key,
+        libc::SYS_request_key,
+        libc::SYS_keyctl,
+    ];
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = denied.iter().map(|nr| (i64::from(*nr), Vec::new())).collect();
+    // socket(AF_PACKET, ..) and socket(.., SOCK_RAW | flags, ..)
+    let packet = SeccompRule::new(vec![SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, 17).map_err(|e| err(&e))?]).map_err(|e| err(&e))?;
+    let raw = SeccompRule::new(vec![SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::MaskedEq(0xf), 3).map_err(|e| err(&e))?]).map_err(|e| err(&e))?;
+    rules.insert(i64::from(libc::SYS_socket), vec![packet, raw]);
+    let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|e| err(&e))?;
+    let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(1 /* EPERM */), arch).map_err(|e| err(&e))?;
+    let program: seccompiler::BpfProgram = filter.try_into().map_err(|e: seccompiler::BackendError| err(&e))?;
+    seccompiler::apply_filter(&program).map_err(|e| err(&e))
+}
