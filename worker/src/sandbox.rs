@@ -130,6 +130,8 @@ fn landlock(readable: &[PathBuf]) -> Result<String, SandboxError> {
     Ok(format!("{:?}", status.ruleset))
 }
 
+// Syscall numbers are `c_long`: i64 here, i32 on 32-bit targets, hence the conversions.
+#[allow(clippy::useless_conversion)]
 fn seccomp() -> Result<(), SandboxError> {
     use seccompiler::{SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch};
     let err = |e: &dyn std::fmt::Display| SandboxError::Seccomp(e.to_string());
