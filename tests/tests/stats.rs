@@ -8,11 +8,6 @@ use caldera_tests::PASSWORD;
 use serde_json::{json, Value};
 use std::time::Duration;
 
-fn rss(pid: u32) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    text.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok()).unwrap_or(0) * 1024
-}
-
 fn mem_total() -> u64 {
     let text = std::fs::read_to_string("/proc/meminfo").unwrap();
     text.lines().find_map(|l| l.strip_prefix("MemTotal:")).and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok()).unwrap() * 1024
@@ -52,7 +47,7 @@ fn stats_are_real_numbers_across_sessions() {
     assert!(uptime > 1000 && uptime < 120_000, "uptime {uptime}");
     // Memory is the whole node: gateway + workers, as /proc sees them (10% slack: they move).
     let pids: Vec<u32> = std::iter::once(rig.node.pid()).chain(rig.node.worker_pids()).collect();
-    let measured: u64 = pids.iter().map(|p| rss(*p)).sum();
+    let measured: u64 = pids.iter().map(|p| caldera_tests::procfs::rss_bytes(*p)).sum();
     let used = stats["memory"]["used"].as_u64().unwrap();
     assert!(used as f64 >= measured as f64 * 0.9, "used {used} < processes' RSS {measured}");
     assert_eq!(stats["memory"]["allocated"], stats["memory"]["used"]);

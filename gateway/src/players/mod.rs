@@ -214,18 +214,24 @@ impl Registry {
 
     /// The ready worker with the fewest players, below the per-worker cap.
     fn place(&self, sessions: &HashMap<String, Session>) -> Result<u32, PlayerError> {
-        let mut counts: HashMap<u32, usize> = self.supervisor.ready_workers().into_iter().map(|w| (w, 0)).collect();
+        self.least_loaded(&self.worker_load(sessions, None)).ok_or(PlayerError::NoCapacity)
+    }
+
+    /// Players per ready worker (`except` left out).
+    fn worker_load(&self, sessions: &HashMap<String, Session>, except: Option<u32>) -> HashMap<u32, usize> {
+        let mut load: HashMap<u32, usize> =
+            self.supervisor.ready_workers().into_iter().filter(|w| Some(*w) != except).map(|w| (w, 0)).collect();
         for p in sessions.values().flat_map(|s| s.players.values()) {
-            if let Some(n) = counts.get_mut(&p.worker) {
+            if let Some(n) = load.get_mut(&p.worker) {
                 *n += 1;
             }
         }
-        counts
-            .into_iter()
-            .filter(|(_, n)| *n < self.players_per_worker)
-            .min_by_key(|(w, n)| (*n, *w))
-            .map(|(w, _)| w)
-            .ok_or(PlayerError::NoCapacity)
+        load
+    }
+
+    /// The worker with the fewest players, below the per-worker cap.
+    fn least_loaded(&self, load: &HashMap<u32, usize>) -> Option<u32> {
+        load.iter().filter(|(_, n)| **n < self.players_per_worker).min_by_key(|(w, n)| (**n, **w)).map(|(w, _)| *w)
     }
 
     /// Players, playing players and last-minute frames of each worker.
@@ -284,18 +290,11 @@ impl Registry {
         let mut guard = self.lock();
         let st = &mut *guard;
         let now = std::time::Instant::now();
-        let ready: Vec<u32> = self.supervisor.ready_workers().into_iter().filter(|w| *w != worker).collect();
-        let mut load: HashMap<u32, usize> = ready.iter().map(|w| (*w, 0)).collect();
-        for p in st.sessions.values().flat_map(|s| s.players.values()) {
-            if let Some(n) = load.get_mut(&p.worker) {
-                *n += 1;
-            }
-        }
+        let mut load = self.worker_load(&st.sessions, Some(worker));
         for session in st.sessions.values_mut() {
             let user_id = session.user_id;
             for p in session.players.values_mut().filter(|p| p.worker == worker) {
-                let usable = p.playing_since.is_some_and(|since| now.duration_since(since) >= std::time::Duration::from_secs(59));
-                p.frames = Some((now, 0, 0, usable));
+                p.frames = Some((now, 0, 0, p.played_last_minute(now)));
                 p.state.connected = false;
                 p.state.ping_ms = -1;
                 // Quarantine: the same track was playing in this player's previous crash.
@@ -311,7 +310,7 @@ impl Registry {
                     warn!(guild = p.guild_id, "track quarantined after crashing two workers");
                 }
                 p.crashed_with = p.track.as_ref().map(|t| t.seq);
-                let Some((&target, _)) = load.iter().filter(|(_, n)| **n < self.players_per_worker).min_by_key(|(w, n)| (**n, **w)) else {
+                let Some(target) = self.least_loaded(&load) else {
                     warn!(guild = p.guild_id, "no healthy worker to restore the player on");
                     continue;
                 };
@@ -412,10 +411,7 @@ impl Registry {
             ),
             PlayerEvent::Frames { sent, nulled } => {
                 let now = std::time::Instant::now();
-                // Usable when tracks played through the whole report window (a minute; a second of
-                // slack covers the moment between the player's creation and its first track).
-                let usable = p.playing_since.is_some_and(|since| now.duration_since(since) >= std::time::Duration::from_secs(59));
-                p.frames = Some((now, sent, nulled, usable));
+                p.frames = Some((now, sent, nulled, p.played_last_minute(now)));
                 None
             }
         };
@@ -426,6 +422,13 @@ impl Registry {
 }
 
 impl Player {
+    /// Whether tracks played through the whole last minute, so its frame counts are usable
+    /// (§4.4). A second of slack covers the moment between the player's creation and its first
+    /// track.
+    fn played_last_minute(&self, now: std::time::Instant) -> bool {
+        self.playing_since.is_some_and(|since| now.duration_since(since) >= std::time::Duration::from_secs(59))
+    }
+
     fn new(id: u64, worker: u32, guild_id: u64) -> Self {
         Self {
             id,

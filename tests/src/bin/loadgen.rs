@@ -13,6 +13,7 @@ use caldera_tests::audio::sine_wav;
 use caldera_tests::client::Session;
 use caldera_tests::http_server::{Route, TestServer};
 use caldera_tests::voice::VoiceServer;
+use caldera_tests::procfs::{cpu_ticks, rss_bytes};
 use caldera_tests::{Node, NodeOptions};
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -20,23 +21,6 @@ use std::time::{Duration, Instant};
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// CPU time (user + system, in clock ticks) of a process.
-fn cpu_ticks(pid: u32) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = text.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<u64> = rest.split_whitespace().map(|v| v.parse().unwrap_or(0)).collect();
-    f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
-}
-
-fn rss_bytes(pid: u32) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .unwrap_or(0)
-        * 1024
 }
 
 fn main() {
