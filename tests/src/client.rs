@@ -103,6 +103,17 @@ impl Session {
         Ok(s)
     }
 
+    /// Drops the connection and waits until the node holds the session for a resume (a client
+    /// that reconnects before the node noticed the drop gets a new session, as with Lavalink).
+    pub fn drop_and_wait_resumable(&self) {
+        self.drop_connection();
+        let url = format!("{}/v4/caldera/connections", self.base);
+        crate::eventually(Duration::from_secs(10), "the session to become resumable", || {
+            let c: Value = self.http.get(&url).header("Authorization", PASSWORD).send().ok()?.json().ok()?;
+            c["connections"].as_array()?.iter().any(|e| e["sessionId"] == self.id.as_str() && e["state"] == "resumable").then_some(())
+        });
+    }
+
     /// Sends a text message (Lavalink ignores them).
     pub fn send_text(&self, text: &str) {
         self.ws.lock().unwrap().send(Message::Text(text.into())).expect("send");

@@ -78,7 +78,7 @@ fn load_and_frame_stats_after_a_minute_of_playback() {
     assert!(busy["cpu"]["systemLoad"].as_f64().unwrap() > 0.0, "{busy}");
     std::thread::sleep(Duration::from_secs(32));
     // A fresh socket (resuming the session) gets a stats op right after ready, now with frames.
-    rig.session.drop_connection();
+    rig.session.drop_and_wait_resumable();
     let resumed = Session::connect_with(&rig.node, &[("Session-Id", Some(&rig.session.id))]).unwrap();
     assert_eq!(resumed.ready["resumed"], true);
     let stats = resumed.wait_for(|m| m["op"] == "stats", Duration::from_secs(5)).expect("stats op");
@@ -94,7 +94,7 @@ fn load_and_frame_stats_after_a_minute_of_playback() {
     let pid = rig.worker_pid(rig.worker_of(4101)) as i64;
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    resumed.drop_connection();
+    resumed.drop_and_wait_resumable();
     let again = Session::connect_with(&rig.node, &[("Session-Id", Some(&rig.session.id))]).unwrap();
     let stats = again.wait_for(|m| m["op"] == "stats", Duration::from_secs(5)).expect("stats op");
     let fs = &stats["frameStats"];
@@ -129,10 +129,12 @@ fn connections_and_workers_endpoints() {
     assert_eq!(ea["bytesReceived"], 5);
     assert_eq!(entry(&c, &b.id)["players"], 1);
     // a drops (resumable), b closes for good.
-    a.drop_connection();
     b.drop_connection();
-    std::thread::sleep(Duration::from_millis(300));
-    let c = get("/v4/caldera/connections");
+    a.drop_and_wait_resumable();
+    let c = caldera_tests::eventually(Duration::from_secs(10), "both sockets seen closed", || {
+        let c = get("/v4/caldera/connections");
+        (c["summary"]["closed"] == 2).then_some(c)
+    });
     assert_eq!(c["summary"]["active"], 0, "{c}");
     assert_eq!(c["summary"]["closed"], 2);
     assert_eq!(c["connections"].as_array().unwrap().len(), 1);
