@@ -86,6 +86,35 @@ pub struct LavalinkServerConfig {
     pub soundcloud_search_enabled: Option<bool>,
     pub gc_warnings: Option<bool>,
     pub non_allocating_frame_buffer: Option<bool>,
+    /// The route planner; absent (or without blocks) = none.
+    pub ratelimit: Option<RateLimitConfig>,
+}
+
+/// `lavalink.server.ratelimit` (lavalink-internals §2.2), checked by [`crate::routeplanner`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct RateLimitConfig {
+    /// CIDR blocks outbound source requests leave from, all IPv4 or all IPv6.
+    pub ip_blocks: Vec<String>,
+    pub excluded_ips: Vec<String>,
+    /// RotateOnBan | LoadBalance | NanoSwitch | RotatingNanoSwitch.
+    pub strategy: String,
+    /// Whether a 429 answering a search marks the address failing.
+    pub search_triggers_fail: bool,
+    /// Retries on another address after a 429: -1 = Lavalink's default, 0 = unlimited.
+    pub retry_limit: i32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            ip_blocks: Vec::new(),
+            excluded_ips: Vec::new(),
+            strategy: "RotateOnBan".into(),
+            search_triggers_fail: true,
+            retry_limit: -1,
+        }
+    }
 }
 
 impl Default for LavalinkServerConfig {
@@ -106,6 +135,7 @@ impl Default for LavalinkServerConfig {
             soundcloud_search_enabled: None,
             gc_warnings: None,
             non_allocating_frame_buffer: None,
+            ratelimit: None,
         }
     }
 }
@@ -425,6 +455,9 @@ impl Config {
             Some(Err(message)) => return fail("caldera.worker.memoryLimit", message),
             Some(Ok(b)) if b < 64 << 20 => return fail("caldera.worker.memoryLimit", "must be at least 64M".into()),
             _ => {}
+        }
+        if let Err((key, message)) = crate::routeplanner::RoutePlanner::from_config(self.lavalink.server.ratelimit.as_ref()) {
+            return fail(key, message);
         }
         for dir in &self.caldera.local_directories {
             if !dir.is_absolute() || !dir.is_dir() {

@@ -5,6 +5,7 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod players;
+pub mod routeplanner;
 pub mod stats;
 pub mod supervisor;
 pub mod systemd;
@@ -50,6 +51,19 @@ pub async fn run(loaded: Loaded) -> Result<(), GatewayError> {
         track_stuck_threshold_ms: config.lavalink.server.track_stuck_threshold_ms,
         ..Default::default()
     };
+    // The config was validated at load, so building the planner cannot fail here.
+    if let Ok(Some(planner)) = routeplanner::RoutePlanner::from_config(config.lavalink.server.ratelimit.as_ref()) {
+        info!(class = planner.strategy().class(), ips = %planner.ip_count(), "route planner active");
+        // Linux binds IPv6 addresses that no interface carries only with ip_nonlocal_bind.
+        if planner.is_v6() && std::fs::read_to_string("/proc/sys/net/ipv6/ip_nonlocal_bind").is_ok_and(|v| v.trim() == "0") {
+            warn!(
+                "route planner: net.ipv6.ip_nonlocal_bind is 0, so addresses of the block that are not configured on an interface cannot be bound; \
+                 Hint: `sysctl -w net.ipv6.ip_nonlocal_bind=1` and `ip -6 route add local <block> dev lo` (see README, Route planner)"
+            );
+        }
+        supervisor_config.settings.route_planner = Some(caldera_protocol::RoutePlanning { retry_limit: planner.retry_limit() });
+        supervisor_config.route_planner = Some(Arc::new(planner));
+    }
     supervisor_config.worker_env = vec![
         ("CALDERA_SANDBOX".into(), config.caldera.worker.sandbox.to_ascii_lowercase().into()),
         ("CALDERA_LOCAL_DIRS".into(), config.canonical_local_directories().join("\n").into()),

@@ -4,6 +4,7 @@
 
 use crate::track::TrackData;
 use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
 
 /// First frame from a worker. `token` is the one-time secret the gateway handed this spawn.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +93,17 @@ pub struct WorkerSettings {
     pub player_update_interval_ms: u64,
     /// No audio for this long → TrackStuckEvent (trackStuckThresholdMs).
     pub track_stuck_threshold_ms: u64,
+    /// Set when the gateway runs a route planner: every outbound source request then asks it for
+    /// the local address to leave from ([`ToGateway::RouteAcquire`]).
+    pub route_planner: Option<RoutePlanning>,
+}
+
+/// How a worker uses the gateway's route planner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutePlanning {
+    /// Requests retried on another address after a 429 (or an address that cannot be bound);
+    /// `None` = no limit (Lavalink's `retryLimit: 0`).
+    pub retry_limit: Option<u32>,
 }
 
 impl Default for WorkerSettings {
@@ -103,6 +115,7 @@ impl Default for WorkerSettings {
             max_playlist_entries: 100,
             player_update_interval_ms: 5_000,
             track_stuck_threshold_ms: 10_000,
+            route_planner: None,
         }
     }
 }
@@ -242,6 +255,8 @@ pub enum ToWorker {
     Load { id: u64, request: LoadRequest },
     /// A command for the player the gateway numbered `player`.
     Player { player: u64, command: PlayerCommand },
+    /// The answer to [`ToGateway::RouteAcquire`]: the local address to bind, or why there is none.
+    RouteLease { id: u64, address: Result<IpAddr, String> },
 }
 
 /// Worker → gateway.
@@ -254,4 +269,10 @@ pub enum ToGateway {
     Log { severity: Severity, message: String },
     Loaded { id: u64, result: LoadResult },
     Player { player: u64, event: PlayerEvent },
+    /// Asks the route planner for a local address for one outbound request; answered with
+    /// [`ToWorker::RouteLease`] carrying the same `id`.
+    RouteAcquire { id: u64 },
+    /// A request from `address` was rate limited (429) or the address could not be bound.
+    /// `search` says whether the request was a search (`searchTriggersFail`).
+    RouteFailed { address: IpAddr, search: bool },
 }

@@ -1,5 +1,6 @@
 //! The worker's side of the IPC: connect, hello, then answer the gateway until told to stop.
 
+use crate::routes::Routes;
 use crate::{process, WorkerConfig};
 use caldera_protocol::channel::{FrameReader, FrameWriter};
 use caldera_protocol::{
@@ -83,6 +84,7 @@ pub async fn serve(config: WorkerConfig) -> Result<(), IpcError> {
     };
 
     let settings = Arc::new(RwLock::new(WorkerSettings::default()));
+    let routes = Arc::new(Routes::new(out.clone()));
     let mut loads = tokio::task::JoinSet::new();
     let mut players: HashMap<u64, crate::player::PlayerHandle> = HashMap::new();
     let result = loop {
@@ -98,7 +100,7 @@ pub async fn serve(config: WorkerConfig) -> Result<(), IpcError> {
                     PlayerCommand::Create { guild_id, user_id } => {
                         let settings = settings.read().unwrap_or_else(|e| e.into_inner()).clone();
                         // Re-creating an existing player replaces it (its old handle aborts its task).
-                        players.insert(player, crate::player::spawn(player, guild_id, user_id, settings, out.clone()));
+                        players.insert(player, crate::player::spawn(player, guild_id, user_id, settings, routes.clone(), out.clone()));
                     }
                     PlayerCommand::Destroy => {
                         if let Some(p) = players.remove(&player) {
@@ -125,9 +127,9 @@ pub async fn serve(config: WorkerConfig) -> Result<(), IpcError> {
             }
             Ok(Some(ToWorker::Load { id, request })) => {
                 let settings = settings.read().unwrap_or_else(|e| e.into_inner()).clone();
-                let out = out.clone();
+                let (out, routes) = (out.clone(), routes.clone());
                 loads.spawn(async move {
-                    let result = load(request, settings).await;
+                    let result = load(request, settings, routes).await;
                     let _ = out.send(ToGateway::Loaded { id, result }).await;
                 });
             }
@@ -140,6 +142,7 @@ pub async fn serve(config: WorkerConfig) -> Result<(), IpcError> {
                 info!(%reason, "shutdown requested");
                 break Ok(());
             }
+            Ok(Some(ToWorker::RouteLease { id, address })) => routes.deliver(id, address),
             Ok(Some(ToWorker::Hello(_))) => debug!("ignoring a second hello"),
             // The gateway is gone: nothing to serve any more.
             Ok(None) => {
@@ -158,9 +161,9 @@ pub async fn serve(config: WorkerConfig) -> Result<(), IpcError> {
 }
 
 /// Runs one load on a blocking thread, bounded by the configured timeout.
-async fn load(request: LoadRequest, settings: WorkerSettings) -> LoadResult {
+async fn load(request: LoadRequest, settings: WorkerSettings, routes: Arc<Routes>) -> LoadResult {
     let timeout = Duration::from_millis(settings.load_timeout_ms);
-    let task = tokio::task::spawn_blocking(move || crate::sources::load(&request, &settings));
+    let task = tokio::task::spawn_blocking(move || crate::sources::load(&request, &settings, routes.outbound(settings.route_planner)));
     match tokio::time::timeout(timeout, task).await {
         Ok(Ok(result)) => result,
         Ok(Err(e)) => LoadResult::Error(TrackException {

@@ -5,6 +5,7 @@ pub mod dsp;
 mod ipc;
 mod player;
 mod process;
+mod routes;
 pub mod sandbox;
 pub mod sources;
 

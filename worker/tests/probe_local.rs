@@ -13,7 +13,7 @@ fn settings(dir: &Path) -> WorkerSettings {
 }
 
 fn load_file(path: &Path, dir: &Path) -> LoadResult {
-    load(&LoadRequest::Local { path: path.display().to_string() }, &settings(dir))
+    load(&LoadRequest::Local { path: path.display().to_string() }, &settings(dir), None)
 }
 
 #[test]
@@ -61,7 +61,7 @@ fn local_source_refuses_paths_outside_allowed_dirs_and_reports_missing_files_as_
     let allowed = link_dir.path().canonicalize().unwrap();
     assert!(matches!(load_file(&link, &allowed), LoadResult::Error(_)));
     assert_eq!(load_file(&dir.join("missing.mp3"), &dir), LoadResult::Empty);
-    assert_eq!(load(&LoadRequest::Local { path: "relative.mp3".into() }, &settings(&dir)), LoadResult::Empty);
+    assert_eq!(load(&LoadRequest::Local { path: "relative.mp3".into() }, &settings(&dir), None), LoadResult::Empty);
 }
 
 #[test]

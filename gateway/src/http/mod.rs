@@ -4,6 +4,7 @@ pub(crate) mod auth;
 pub mod error;
 mod info;
 mod players;
+mod routeplanner;
 pub mod tracks;
 mod websocket;
 
@@ -85,6 +86,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v4/loadtracks", get(tracks::load_tracks))
         .route("/v4/decodetrack", get(tracks::decode_track))
         .route("/v4/decodetracks", post(tracks::decode_tracks))
+        .route("/v4/routeplanner/status", get(routeplanner::status))
+        .route("/v4/routeplanner/free/address", post(routeplanner::free_address))
+        .route("/v4/routeplanner/free/all", post(routeplanner::free_all))
         .route("/v4/sessions/{session}", axum::routing::patch(websocket::update_session))
         .route("/v4/sessions/{session}/players", get(players::get_players))
         .route(

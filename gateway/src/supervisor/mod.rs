@@ -8,6 +8,7 @@ mod spawn;
 pub use ipc::{HandshakeError, RuntimeDir, HELLO_TIMEOUT};
 pub use slot::{Backoff, WorkerState, WorkerStatus};
 
+use crate::routeplanner::RoutePlanner;
 use caldera_protocol::{ExceptionSeverity, LoadRequest, LoadResult, PlayerEvent, ToWorker, TrackException, WorkerSettings};
 use spawn::{SpawnSpec, Spawner};
 use std::collections::HashMap;
@@ -47,6 +48,8 @@ pub struct SupervisorConfig {
     pub settings: WorkerSettings,
     /// Extra environment for worker processes (sandbox mode, memory limit, local directories).
     pub worker_env: Vec<(String, OsString)>,
+    /// Hands out the local addresses of workers' outbound source requests, when configured.
+    pub route_planner: Option<Arc<RoutePlanner>>,
 }
 
 impl SupervisorConfig {
@@ -59,6 +62,7 @@ impl SupervisorConfig {
             hello_timeout: Duration::from_secs(10),
             settings: WorkerSettings::default(),
             worker_env: Vec::new(),
+            route_planner: None,
         }
     }
 }
@@ -102,6 +106,15 @@ impl Shared {
         let mut all = self.outbound.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(slot) = all.get_mut(worker_id as usize) {
             *slot = tx;
+        }
+    }
+
+    /// Queues a message for a worker; `false` if it is not connected or not keeping up.
+    pub fn send(&self, worker_id: u32, msg: ToWorker) -> bool {
+        let outbound = self.outbound.lock().unwrap_or_else(|e| e.into_inner());
+        match outbound.get(worker_id as usize).and_then(|tx| tx.as_ref()) {
+            Some(tx) => tx.try_send(msg).is_ok(),
+            None => false,
         }
     }
 
@@ -264,11 +277,12 @@ impl Supervisor {
 
     /// Queues a message for a worker; `false` if it is not connected or not keeping up.
     pub fn send(&self, worker_id: u32, msg: ToWorker) -> bool {
-        let outbound = self.shared.outbound.lock().unwrap_or_else(|e| e.into_inner());
-        match outbound.get(worker_id as usize).and_then(|tx| tx.as_ref()) {
-            Some(tx) => tx.try_send(msg).is_ok(),
-            None => false,
-        }
+        self.shared.send(worker_id, msg)
+    }
+
+    /// The route planner, when `lavalink.server.ratelimit` configures one.
+    pub fn route_planner(&self) -> Option<&Arc<RoutePlanner>> {
+        self.shared.config.route_planner.as_ref()
     }
 
     /// Ready workers (connected and accepting messages).

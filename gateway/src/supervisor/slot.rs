@@ -371,6 +371,22 @@ async fn read_loop(
                     warn!(worker = id, request, "worker answered a request it was not given; ignored");
                 }
             }
+            ToGateway::RouteAcquire { id: request } => {
+                let address = match &shared.config.route_planner {
+                    Some(planner) => planner.acquire(),
+                    None => Err("no route planner is configured".into()),
+                };
+                if let Err(why) = &address {
+                    warn!(worker = id, "route planner: {why}");
+                }
+                shared.send(id, ToWorker::RouteLease { id: request, address });
+            }
+            ToGateway::RouteFailed { address, search } => match &shared.config.route_planner {
+                Some(planner) if planner.mark_failing(address, search) => {
+                    warn!(worker = id, %address, search, "route planner: address rate limited or not bindable, marked failing");
+                }
+                _ => warn!(worker = id, %address, "worker reported a failing address outside the route planner's blocks; ignored"),
+            },
         }
     }
 }

@@ -4,6 +4,7 @@
 //! worker (the thread's result is checked).
 
 use super::ring::{Ring, CAPACITY_FRAMES, CHANNELS, SAMPLE_RATE};
+use crate::routes::Routes;
 use crate::sources::{self, LoadFailure};
 use caldera_protocol::{ExceptionSeverity, TrackData, TrackException, WorkerSettings};
 use rubato::{FftFixedIn, Resampler};
@@ -17,9 +18,15 @@ use symphonia::core::units::Time;
 /// Consecutive undecodable packets tolerated before the track is given up.
 const MAX_BAD_PACKETS: u32 = 50;
 
-pub fn spawn(track: TrackData, start_ms: u64, settings: WorkerSettings, ring: Arc<Ring>) -> std::io::Result<std::thread::JoinHandle<()>> {
+pub fn spawn(
+    track: TrackData,
+    start_ms: u64,
+    settings: WorkerSettings,
+    routes: Arc<Routes>,
+    ring: Arc<Ring>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name("caldera-decode".into()).spawn(move || {
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&track, start_ms, &settings, &ring)));
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&track, start_ms, &settings, &routes, &ring)));
         let error = match result {
             Ok(Ok(())) => None,
             Ok(Err(f)) => Some(TrackException { message: f.message, severity: f.severity, cause: f.cause }),
@@ -37,8 +44,8 @@ pub fn spawn(track: TrackData, start_ms: u64, settings: WorkerSettings, ring: Ar
     })
 }
 
-fn run(track: &TrackData, start_ms: u64, settings: &WorkerSettings, ring: &Ring) -> Result<(), LoadFailure> {
-    let (mut format, container) = sources::open_for_playback(track, settings)?;
+fn run(track: &TrackData, start_ms: u64, settings: &WorkerSettings, routes: &Routes, ring: &Ring) -> Result<(), LoadFailure> {
+    let (mut format, container) = sources::open_for_playback(track, settings, routes.outbound(settings.route_planner))?;
     let track_info = sources::probe::audio_track(format.as_ref(), container)?;
     let mut decoder = AudioDecoder::new(&track_info.codec_params)?;
     let mut out = Output::new();

@@ -11,6 +11,7 @@ use caldera_protocol::{
     EndReason, ExceptionSeverity, PlayerCommand, PlayerEvent, PlayerState, ToGateway, TrackData, TrackException,
     VoiceServer, WorkerSettings,
 };
+use crate::routes::Routes;
 use pipe::{Controls, Counters, Pipe};
 use ring::{Ring, SAMPLE_RATE};
 use songbird::events::{CoreEvent, Event, EventContext, EventHandler};
@@ -52,11 +53,18 @@ impl Drop for PlayerHandle {
 }
 
 /// Starts a player task. `out` carries its events to the gateway.
-pub fn spawn(player: u64, guild_id: u64, user_id: u64, settings: WorkerSettings, out: mpsc::Sender<ToGateway>) -> PlayerHandle {
+pub fn spawn(
+    player: u64,
+    guild_id: u64,
+    user_id: u64,
+    settings: WorkerSettings,
+    routes: Arc<Routes>,
+    out: mpsc::Sender<ToGateway>,
+) -> PlayerHandle {
     let (commands, rx) = mpsc::unbounded_channel();
     let task = tokio::spawn(
         async move {
-            let mut p = Player::new(player, guild_id, user_id, settings, out);
+            let mut p = Player::new(player, guild_id, user_id, settings, routes, out);
             p.run(rx).await;
         }
         .instrument(tracing::info_span!("player", player, guild_id)),
@@ -76,6 +84,7 @@ struct Player {
     guild_id: u64,
     user_id: u64,
     settings: WorkerSettings,
+    routes: Arc<Routes>,
     out: mpsc::Sender<ToGateway>,
     driver: Driver,
     voice: Option<VoiceServer>,
@@ -91,7 +100,7 @@ struct Player {
 }
 
 impl Player {
-    fn new(id: u64, guild_id: u64, user_id: u64, settings: WorkerSettings, out: mpsc::Sender<ToGateway>) -> Self {
+    fn new(id: u64, guild_id: u64, user_id: u64, settings: WorkerSettings, routes: Arc<Routes>, out: mpsc::Sender<ToGateway>) -> Self {
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
         let mut driver = Driver::new(Config::default());
         let forward = VoiceEvents { tx: internal_tx.clone() };
@@ -103,6 +112,7 @@ impl Player {
             guild_id,
             user_id,
             settings,
+            routes,
             out,
             driver,
             voice: None,
@@ -246,7 +256,7 @@ impl Player {
         self.emit(PlayerEvent::TrackStart { track_seq: seq }).await;
         let ring = Arc::new(Ring::default());
         ring.lock().position_frames = start_ms * SAMPLE_RATE as u64 / 1000;
-        let decoder = match decoder::spawn(track, start_ms, self.settings.clone(), ring.clone()) {
+        let decoder = match decoder::spawn(track, start_ms, self.settings.clone(), self.routes.clone(), ring.clone()) {
             Ok(d) => d,
             Err(e) => {
                 let error = TrackException {

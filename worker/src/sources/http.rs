@@ -4,11 +4,16 @@
 //! discards, and a backward seek starts over. ICY (SHOUTcast/Icecast) metadata interleaved in the
 //! body is stripped, and the latest `StreamTitle` is kept. Every byte counts against a budget, so
 //! a hostile server cannot make a probe read forever.
+//!
+//! With a route planner, each request leaves from the local address the planner hands out; a 429,
+//! or an address the host cannot bind, is reported to the planner and the request is retried from
+//! the next address, up to the retry limit.
 
 use super::LoadFailure;
 use std::io::{self, Read, Seek, SeekFrom};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const USER_AGENT: &str = concat!("Caldera/", env!("CARGO_PKG_VERSION"));
 const MAX_REDIRECTS: usize = 5;
@@ -33,14 +38,93 @@ impl ResponseMeta {
     }
 }
 
-pub fn client(timeout: Duration) -> Result<reqwest::blocking::Client, LoadFailure> {
+/// Hands out the local addresses outbound requests leave from (the gateway's route planner).
+pub trait Planner: Send + Sync {
+    fn acquire(&self) -> Result<IpAddr, String>;
+    /// A request from `address` was rate limited, or the address could not be bound.
+    fn failed(&self, address: IpAddr);
+}
+
+/// A route planner, and how many times a request may be retried on another address after a
+/// failed attempt (`None` = until no address is free or the time limit runs out).
+#[derive(Clone, Copy)]
+pub struct Outbound<'a> {
+    pub planner: &'a dyn Planner,
+    pub retry_limit: Option<u32>,
+}
+
+/// The longest a request keeps retrying on new addresses.
+const MAX_RETRY_TIME: Duration = Duration::from_secs(60);
+
+fn client(timeout: Duration, local: Option<IpAddr>) -> Result<reqwest::blocking::Client, LoadFailure> {
     reqwest::blocking::Client::builder()
         .user_agent(USER_AGENT)
         .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
         .connect_timeout(Duration::from_secs(10))
         .timeout(timeout)
+        // Used for destinations of the address's family; others connect unbound (as Lavaplayer).
+        .local_address(local)
         .build()
         .map_err(|e| LoadFailure::fault("Could not create an HTTP client.", e.to_string()))
+}
+
+/// The connection failed because the local address cannot be used on this host.
+fn is_bind_error(e: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<io::Error>() {
+            if io.kind() == io::ErrorKind::AddrNotAvailable || io.raw_os_error() == Some(libc::EADDRNOTAVAIL) {
+                return true;
+            }
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// Whether a connection to `remote` was bound to `local` (only same-family addresses are).
+fn bound_to(remote: Option<SocketAddr>, local: IpAddr) -> bool {
+    remote.is_none_or(|r| r.is_ipv4() == local.is_ipv4())
+}
+
+/// Sends `GET url`, from planner-chosen addresses when there is a planner: a rate-limited or
+/// unbindable address is reported and the next one tried, up to the retry limit.
+fn get(
+    url: &str,
+    timeout: Duration,
+    outbound: Option<Outbound>,
+) -> Result<(reqwest::blocking::Client, reqwest::blocking::Response), LoadFailure> {
+    let Some(outbound) = outbound else {
+        let client = client(timeout, None)?;
+        let res = client.get(url).header("Icy-MetaData", "1").send().map_err(|e| LoadFailure::connect(url, &e))?;
+        return Ok((client, res));
+    };
+    let deadline = Instant::now() + timeout.min(MAX_RETRY_TIME);
+    let mut failed = 0u32;
+    loop {
+        let local = outbound
+            .planner
+            .acquire()
+            .map_err(|why| LoadFailure::suspicious("No outbound address is free to make the request from.", format!("{url}: {why}")))?;
+        let client = client(timeout, Some(local))?;
+        let sent = client.get(url).header("Icy-MetaData", "1").send();
+        let rejected = match &sent {
+            Ok(res) => res.status() == reqwest::StatusCode::TOO_MANY_REQUESTS && bound_to(res.remote_addr(), local),
+            Err(e) => is_bind_error(e),
+        };
+        if !rejected {
+            let res = sent.map_err(|e| LoadFailure::connect(url, &e))?;
+            return Ok((client, res));
+        }
+        outbound.planner.failed(local);
+        failed += 1;
+        if outbound.retry_limit.is_some_and(|limit| failed > limit) || Instant::now() >= deadline {
+            return Err(LoadFailure::suspicious(
+                "Retry aborted, too many retries on ratelimit.",
+                format!("{url}: {failed} attempts were rate limited or could not bind, the last from {local}"),
+            ));
+        }
+    }
 }
 
 pub struct HttpReader {
@@ -57,13 +141,10 @@ pub struct HttpReader {
 
 impl HttpReader {
     /// Sends the first request. `Ok(None)` for a 404 (Lavaplayer's "no matches"); other non-2xx
-    /// statuses and connection failures become load failures.
-    pub fn open(client: reqwest::blocking::Client, url: &str, budget: u64) -> Result<Option<Self>, LoadFailure> {
-        let res = client
-            .get(url)
-            .header("Icy-MetaData", "1")
-            .send()
-            .map_err(|e| LoadFailure::connect(url, &e))?;
+    /// statuses and connection failures become load failures. `timeout` bounds each request;
+    /// later range requests leave from the same address as the first.
+    pub fn open(url: &str, budget: u64, timeout: Duration, outbound: Option<Outbound>) -> Result<Option<Self>, LoadFailure> {
+        let (client, res) = get(url, timeout, outbound)?;
         let status = res.status();
         if status == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);

@@ -14,7 +14,7 @@ mod rewind;
 use caldera_protocol::track::STREAM_LENGTH;
 use caldera_protocol::{ExceptionSeverity, LoadRequest, LoadResult, TrackData, TrackException, TrackInfo, WorkerSettings};
 use container::Container;
-use http::HttpReader;
+use http::{HttpReader, Outbound};
 use rewind::Rewind;
 use std::io::Read;
 use std::path::Path;
@@ -79,10 +79,11 @@ enum Loaded {
     Nothing,
 }
 
-/// Loads one identifier. Blocking: run it on a blocking thread.
-pub fn load(request: &LoadRequest, settings: &WorkerSettings) -> LoadResult {
+/// Loads one identifier. Blocking: run it on a blocking thread. `outbound` is the route planner
+/// http requests leave through, if any.
+pub fn load(request: &LoadRequest, settings: &WorkerSettings, outbound: Option<Outbound>) -> LoadResult {
     let result = match request {
-        LoadRequest::Http { url } => load_http(url, settings, true),
+        LoadRequest::Http { url } => load_http(url, settings, outbound, true),
         LoadRequest::Local { path } => load_local(path, settings),
     };
     match result {
@@ -93,10 +94,10 @@ pub fn load(request: &LoadRequest, settings: &WorkerSettings) -> LoadResult {
     }
 }
 
-fn load_http(url: &str, settings: &WorkerSettings, allow_playlist: bool) -> Result<Loaded, LoadFailure> {
-    let client = http::client(Duration::from_millis(settings.load_timeout_ms))?;
+fn load_http(url: &str, settings: &WorkerSettings, outbound: Option<Outbound>, allow_playlist: bool) -> Result<Loaded, LoadFailure> {
+    let timeout = Duration::from_millis(settings.load_timeout_ms);
     // Lavaplayer answers a 404 with "no matches".
-    let Some(mut reader) = HttpReader::open(client, url, settings.max_probe_bytes)? else {
+    let Some(mut reader) = HttpReader::open(url, settings.max_probe_bytes, timeout, outbound)? else {
         return Ok(Loaded::Nothing);
     };
     let head = read_head(&mut reader, HEAD_LEN)?;
@@ -108,7 +109,7 @@ fn load_http(url: &str, settings: &WorkerSettings, allow_playlist: bool) -> Resu
         }
         let mut text = head;
         reader.take((MAX_PLAYLIST_BYTES - text.len().min(MAX_PLAYLIST_BYTES)) as u64).read_to_end(&mut text).map_err(read_failed)?;
-        return load_playlist(url, &meta.final_url, container, &String::from_utf8_lossy(&text), settings);
+        return load_playlist(url, &meta.final_url, container, &String::from_utf8_lossy(&text), settings, outbound);
     }
     let is_stream = meta.is_stream();
     let stream_title = reader.stream_title();
@@ -162,13 +163,13 @@ fn load_local(path: &str, settings: &WorkerSettings) -> Result<Loaded, LoadFailu
 pub fn open_for_playback(
     track: &TrackData,
     settings: &WorkerSettings,
+    outbound: Option<Outbound>,
 ) -> Result<(Box<dyn symphonia::core::formats::FormatReader>, Container), LoadFailure> {
     let location = track.info.uri.clone().unwrap_or_else(|| track.info.identifier.clone());
     let (source, head): (Box<dyn MediaSource>, Vec<u8>) = match track.info.source_name.as_str() {
         "http" => {
             // Playback reads the whole stream: the time limit is for connecting, not listening.
-            let client = http::client(Duration::from_secs(60 * 60 * 24))?;
-            let mut reader = HttpReader::open(client, &location, u64::MAX)?
+            let mut reader = HttpReader::open(&location, u64::MAX, Duration::from_secs(60 * 60 * 24), outbound)?
                 .ok_or_else(|| LoadFailure::common("That URL is not playable.", "Status code 404".into()))?;
             let head = read_head(&mut reader, HEAD_LEN)?;
             (Box::new(Rewind::new(reader, head.clone())), head)
@@ -224,6 +225,7 @@ fn load_playlist(
     container: Container,
     text: &str,
     settings: &WorkerSettings,
+    outbound: Option<Outbound>,
 ) -> Result<Loaded, LoadFailure> {
     let list = match container {
         Container::Pls => playlist::parse_pls(text),
@@ -248,7 +250,7 @@ fn load_playlist(
         entries
             .chunks(4)
             .flat_map(|chunk| {
-                let handles: Vec<_> = chunk.iter().map(|(u, _)| s.spawn(move || load_http(u, settings, false))).collect();
+                let handles: Vec<_> = chunk.iter().map(|(u, _)| s.spawn(move || load_http(u, settings, outbound, false))).collect();
                 handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(LoadFailure::fault("Probing crashed.", String::new()))))
                     .collect::<Vec<_>>()
             })

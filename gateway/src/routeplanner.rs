@@ -1,0 +1,621 @@
+//! The route planner (lavalink-internals §2): which local address each outbound source request
+//! leaves from, so a node with an IP block spreads its traffic and moves off rate-limited
+//! addresses. One planner lives in the gateway and serves every worker: a worker asks for an
+//! address before each request and reports the ones that were answered with 429.
+//!
+//! The four strategies keep Lavaplayer's names and status shapes; their selection is our own:
+//! - `RotateOnBan` (RotatingIpRoutePlanner): one address at a time, the next usable one after a ban;
+//! - `LoadBalance` (BalancingIpRoutePlanner): a random usable address per request;
+//! - `NanoSwitch` (NanoIpRoutePlanner): the address at the offset of the nanosecond clock in a /64;
+//! - `RotatingNanoSwitch` (RotatingNanoIpRoutePlanner): as NanoSwitch, moving to the next /64 on a ban.
+//!
+//! Failing addresses are skipped for a week (Lavaplayer's expiry) unless freed through the REST API.
+
+use crate::config::RateLimitConfig;
+use ipnet::IpNet;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Addresses in one IPv6 /64.
+const BLOCK64: u128 = 1 << 64;
+/// How long a failing address is skipped unless freed.
+const FAILING_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Lavaplayer's retry limit when `retryLimit` is negative.
+const DEFAULT_RETRY_LIMIT: u32 = 4;
+/// Most candidates looked at for one request in a large block before giving up.
+const MAX_TRIES: u128 = 4096;
+/// Blocks up to this size are searched exhaustively: "no free address" then really means none.
+const SCAN_ALL_UP_TO: u128 = 4096;
+/// Consecutive unusable addresses before RotatingNanoSwitch moves to the next /64.
+const TRIES_PER_BLOCK: u128 = 128;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    RotateOnBan,
+    LoadBalance,
+    NanoSwitch,
+    RotatingNanoSwitch,
+}
+
+impl Strategy {
+    /// Lavalink's config values, matched case-insensitively.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "rotateonban" => Some(Self::RotateOnBan),
+            "loadbalance" => Some(Self::LoadBalance),
+            "nanoswitch" => Some(Self::NanoSwitch),
+            "rotatingnanoswitch" => Some(Self::RotatingNanoSwitch),
+            _ => None,
+        }
+    }
+
+    /// The planner class name clients see in `/v4/routeplanner/status`.
+    pub fn class(self) -> &'static str {
+        match self {
+            Self::RotateOnBan => "RotatingIpRoutePlanner",
+            Self::LoadBalance => "BalancingIpRoutePlanner",
+            Self::NanoSwitch => "NanoIpRoutePlanner",
+            Self::RotatingNanoSwitch => "RotatingNanoIpRoutePlanner",
+        }
+    }
+}
+
+/// The configured blocks as one index space, in configuration order.
+#[derive(Debug, Clone)]
+pub struct IpBlocks {
+    blocks: Vec<(IpNet, u128)>,
+    size: u128,
+    v6: bool,
+}
+
+impl IpBlocks {
+    pub fn new(nets: Vec<IpNet>) -> Result<Self, String> {
+        let first = nets.first().ok_or("no ip blocks")?;
+        let v6 = matches!(first, IpNet::V6(_));
+        let mut blocks = Vec::with_capacity(nets.len());
+        let mut size: u128 = 0;
+        for net in nets {
+            if matches!(net, IpNet::V6(_)) != v6 {
+                return Err("all ip blocks must be IPv4, or all IPv6".into());
+            }
+            let host_bits = u32::from(net.max_prefix_len() - net.prefix_len());
+            let n = 1u128.checked_shl(host_bits).filter(|_| host_bits < 128).ok_or_else(|| format!("{net} is too large"))?;
+            size = size.checked_add(n).ok_or_else(|| format!("{net} makes the blocks too large"))?;
+            blocks.push((net.trunc(), n));
+        }
+        Ok(Self { blocks, size, v6 })
+    }
+
+    pub fn size(&self) -> u128 {
+        self.size
+    }
+
+    pub fn is_v6(&self) -> bool {
+        self.v6
+    }
+
+    /// The address at `index` counted across all blocks.
+    pub fn get(&self, mut index: u128) -> Option<IpAddr> {
+        for (net, n) in &self.blocks {
+            if index < *n {
+                return Some(match net.network() {
+                    IpAddr::V4(a) => IpAddr::V4((u32::from(a) + index as u32).into()),
+                    IpAddr::V6(a) => IpAddr::V6((u128::from(a) + index).into()),
+                });
+            }
+            index -= n;
+        }
+        None
+    }
+
+    pub fn contains(&self, addr: &IpAddr) -> bool {
+        self.blocks.iter().any(|(net, _)| net.contains(addr))
+    }
+}
+
+/// What the planner moves through, besides the failing addresses.
+#[derive(Debug)]
+struct State {
+    /// Address → Unix milliseconds when it was marked failing.
+    failing: BTreeMap<IpAddr, u64>,
+    /// RotateOnBan: the index in use (`None` before the first request) and bans seen.
+    index: Option<u128>,
+    rotations: u128,
+    /// RotateOnBan: the address in use failed; pick the next one.
+    rotate: bool,
+    /// Nano strategies: the /64 in use and when the clock offset started counting.
+    block: u128,
+    block_start: Instant,
+}
+
+#[derive(Debug)]
+pub struct RoutePlanner {
+    strategy: Strategy,
+    blocks: IpBlocks,
+    excluded: HashSet<IpAddr>,
+    search_triggers_fail: bool,
+    retry_limit: Option<u32>,
+    state: Mutex<State>,
+}
+
+impl RoutePlanner {
+    /// The planner `lavalink.server.ratelimit` describes; `Ok(None)` when it is absent or has no
+    /// blocks. Errors name the key at fault.
+    pub fn from_config(config: Option<&RateLimitConfig>) -> Result<Option<Self>, (&'static str, String)> {
+        let Some(config) = config.filter(|c| !c.ip_blocks.is_empty()) else { return Ok(None) };
+        let nets = config
+            .ip_blocks
+            .iter()
+            .map(|b| b.trim().parse::<IpNet>().map_err(|_| ("lavalink.server.ratelimit.ipBlocks", format!("invalid IP block `{b}`, make sure to use CIDR notation"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let blocks = IpBlocks::new(nets).map_err(|m| ("lavalink.server.ratelimit.ipBlocks", m))?;
+        let excluded = config
+            .excluded_ips
+            .iter()
+            .map(|ip| ip.trim().parse::<IpAddr>().map_err(|_| ("lavalink.server.ratelimit.excludedIps", format!("invalid IP address `{ip}`"))))
+            .collect::<Result<HashSet<_>, _>>()?;
+        let strategy = Strategy::parse(&config.strategy).ok_or_else(|| {
+            ("lavalink.server.ratelimit.strategy", format!("unknown strategy `{}` (RotateOnBan, LoadBalance, NanoSwitch, RotatingNanoSwitch)", config.strategy))
+        })?;
+        let retry_limit = match config.retry_limit {
+            n if n < 0 => Some(DEFAULT_RETRY_LIMIT),
+            0 => None,
+            n => Some(n as u32),
+        };
+        Self::new(strategy, blocks, excluded, config.search_triggers_fail, retry_limit)
+            .map(Some)
+            .map_err(|m| ("lavalink.server.ratelimit.ipBlocks", m))
+    }
+
+    pub fn new(
+        strategy: Strategy,
+        blocks: IpBlocks,
+        excluded: HashSet<IpAddr>,
+        search_triggers_fail: bool,
+        retry_limit: Option<u32>,
+    ) -> Result<Self, String> {
+        match strategy {
+            Strategy::NanoSwitch if !blocks.is_v6() || blocks.blocks.iter().any(|(_, n)| *n < BLOCK64) => {
+                return Err("NanoSwitch needs IPv6 blocks of at least a /64 each".into())
+            }
+            Strategy::RotatingNanoSwitch if !blocks.is_v6() || blocks.size() < BLOCK64 => {
+                return Err("RotatingNanoSwitch needs IPv6 blocks of at least one /64".into())
+            }
+            _ => {}
+        }
+        let state = State { failing: BTreeMap::new(), index: None, rotations: 0, rotate: false, block: 0, block_start: Instant::now() };
+        Ok(Self { strategy, blocks, excluded, search_triggers_fail, retry_limit, state: Mutex::new(state) })
+    }
+
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
+    }
+
+    pub fn is_v6(&self) -> bool {
+        self.blocks.is_v6()
+    }
+
+    /// Addresses in the configured blocks (exclusions not subtracted, as Lavalink reports it).
+    pub fn ip_count(&self) -> u128 {
+        self.blocks.size()
+    }
+
+    /// Retries allowed after a failed attempt; `None` = no limit.
+    pub fn retry_limit(&self) -> Option<u32> {
+        self.retry_limit
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The local address for the next outbound request.
+    pub fn acquire(&self) -> Result<IpAddr, String> {
+        self.acquire_at(Instant::now(), unix_ms())
+    }
+
+    fn acquire_at(&self, now: Instant, now_ms: u64) -> Result<IpAddr, String> {
+        let mut st = self.state();
+        let size = self.blocks.size();
+        let found = match self.strategy {
+            Strategy::RotateOnBan => {
+                let current = st.index.and_then(|i| self.blocks.get(i));
+                match current {
+                    Some(addr) if !st.rotate && self.usable(&mut st, addr, now_ms) => Some(addr),
+                    _ => {
+                        // Small blocks step through every address; large ones skip ahead a little,
+                        // so a ban does not land on the neighbour of a banned address.
+                        let step = if size > 128 { 10 + random_below(10) } else { 1 };
+                        let start = st.index.map_or(0, |i| (i + step) % size);
+                        let tries = if size > 128 { MAX_TRIES } else { size };
+                        let next = (0..tries)
+                            .map(|k| (start + k * step) % size)
+                            .find_map(|i| self.blocks.get(i).filter(|a| self.usable(&mut st, *a, now_ms)).map(|a| (i, a)));
+                        next.map(|(i, a)| {
+                            if st.index.is_some() {
+                                st.rotations += 1;
+                            }
+                            st.index = Some(i);
+                            st.rotate = false;
+                            a
+                        })
+                    }
+                }
+            }
+            Strategy::LoadBalance => {
+                if size <= SCAN_ALL_UP_TO {
+                    let usable: Vec<IpAddr> =
+                        (0..size).filter_map(|i| self.blocks.get(i)).filter(|a| self.usable(&mut st, *a, now_ms)).collect();
+                    (!usable.is_empty()).then(|| usable[random_below(usable.len() as u128) as usize])
+                } else {
+                    (0..MAX_TRIES).find_map(|_| self.blocks.get(random_below(size)).filter(|a| self.usable(&mut st, *a, now_ms)))
+                }
+            }
+            Strategy::NanoSwitch => {
+                let offset = now.saturating_duration_since(st.block_start).as_nanos() % BLOCK64;
+                // Blocks larger than a /64: a random /64 of them, the clock within it.
+                let high = random_below(size / BLOCK64) * BLOCK64;
+                (0..MAX_TRIES).find_map(|k| self.blocks.get((high + (offset + k) % BLOCK64) % size).filter(|a| self.usable(&mut st, *a, now_ms)))
+            }
+            Strategy::RotatingNanoSwitch => {
+                let blocks64 = size / BLOCK64;
+                let mut found = None;
+                for _ in 0..blocks64.min(MAX_TRIES / TRIES_PER_BLOCK) {
+                    if st.block >= blocks64 {
+                        st.block = 0;
+                    }
+                    let offset = now.saturating_duration_since(st.block_start).as_nanos() % BLOCK64;
+                    let base = st.block * BLOCK64;
+                    found = (0..TRIES_PER_BLOCK)
+                        .find_map(|k| self.blocks.get(base + (offset + k) % BLOCK64).filter(|a| self.usable(&mut st, *a, now_ms)));
+                    if found.is_some() {
+                        break;
+                    }
+                    st.block += 1;
+                    st.block_start = now;
+                }
+                found
+            }
+        };
+        found.ok_or_else(|| "Can't find a free ip: every address of the block is failing or excluded".to_string())
+    }
+
+    /// Not excluded, and not failing (a failing mark expires after [`FAILING_FOR`]).
+    fn usable(&self, st: &mut State, addr: IpAddr, now_ms: u64) -> bool {
+        if self.excluded.contains(&addr) {
+            return false;
+        }
+        match st.failing.get(&addr) {
+            None => true,
+            Some(&since) if since + FAILING_FOR.as_millis() as u64 <= now_ms => {
+                st.failing.remove(&addr);
+                true
+            }
+            Some(_) => false,
+        }
+    }
+
+    /// A request from `addr` was rate limited or could not bind. Searches mark the address only
+    /// when `searchTriggersFail` is set. Returns false when `addr` is not one of ours (a worker
+    /// cannot make the planner track arbitrary addresses).
+    pub fn mark_failing(&self, addr: IpAddr, search: bool) -> bool {
+        self.mark_failing_at(addr, search, Instant::now(), unix_ms())
+    }
+
+    fn mark_failing_at(&self, addr: IpAddr, search: bool, now: Instant, now_ms: u64) -> bool {
+        if !self.blocks.contains(&addr) {
+            return false;
+        }
+        if search && !self.search_triggers_fail {
+            return true;
+        }
+        let mut st = self.state();
+        st.failing.insert(addr, now_ms);
+        match self.strategy {
+            Strategy::RotateOnBan => {
+                if st.index.and_then(|i| self.blocks.get(i)) == Some(addr) {
+                    st.rotate = true;
+                }
+            }
+            Strategy::RotatingNanoSwitch => {
+                st.block += 1;
+                st.block_start = now;
+            }
+            Strategy::LoadBalance | Strategy::NanoSwitch => {}
+        }
+        true
+    }
+
+    pub fn free(&self, addr: IpAddr) {
+        self.state().failing.remove(&addr);
+    }
+
+    pub fn free_all(&self) {
+        self.state().failing.clear();
+    }
+
+    pub fn failing(&self) -> Vec<IpAddr> {
+        self.state().failing.keys().copied().collect()
+    }
+
+    /// `GET /v4/routeplanner/status`, in Lavalink's shapes: sizes and indexes as strings,
+    /// addresses as Java prints them (`/1.2.3.4`).
+    pub fn status(&self) -> Value {
+        let st = self.state();
+        let failing: Vec<Value> = st
+            .failing
+            .iter()
+            .map(|(addr, &ms)| json!({"failingAddress": java_address(addr), "failingTimestamp": ms, "failingTime": java_date(ms)}))
+            .collect();
+        let mut details = json!({
+            "ipBlock": {"type": if self.blocks.is_v6() { "Inet6Address" } else { "Inet4Address" }, "size": self.blocks.size().to_string()},
+            "failingAddresses": failing,
+        });
+        let clock = |start: Instant| (Instant::now().saturating_duration_since(start).as_nanos() % BLOCK64).to_string();
+        let extra = match self.strategy {
+            Strategy::RotateOnBan => json!({
+                "rotateIndex": st.rotations.to_string(),
+                "ipIndex": st.index.unwrap_or(0).to_string(),
+                "currentAddress": st.index.and_then(|i| self.blocks.get(i)).map_or("null".to_string(), |a| java_address(&a)),
+            }),
+            Strategy::NanoSwitch => json!({"currentAddressIndex": clock(st.block_start)}),
+            Strategy::RotatingNanoSwitch => json!({"blockIndex": st.block.to_string(), "currentAddressIndex": clock(st.block_start)}),
+            Strategy::LoadBalance => json!({}),
+        };
+        if let (Some(d), Value::Object(e)) = (details.as_object_mut(), extra) {
+            d.extend(e);
+        }
+        json!({"class": self.strategy.class(), "details": details})
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// A uniform random number below `n` (0 when `n` is 0 or 1).
+fn random_below(n: u128) -> u128 {
+    if n <= 1 {
+        return 0;
+    }
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the OS random number generator is unavailable");
+    // The modulo bias is below 2^-64 for every n this is used with.
+    u128::from_le_bytes(bytes) % n
+}
+
+/// `InetAddress.toString()` of an address without a host name: `/1.2.3.4`, and IPv6 as eight
+/// groups without zero compression (`/2001:db8:0:0:0:0:0:1`).
+pub fn java_address(addr: &IpAddr) -> String {
+    match addr {
+        IpAddr::V4(a) => format!("/{a}"),
+        IpAddr::V6(a) => format!("/{}", a.segments().iter().map(|s| format!("{s:x}")).collect::<Vec<_>>().join(":")),
+    }
+}
+
+/// `java.util.Date.toString()` in UTC: `Wed Nov 25 14:54:14 UTC 2026`.
+fn java_date(ms: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let (h, m, s) = (secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{} {} {day:02} {h:02}:{m:02}:{s:02} UTC {year}", DAYS[(days % 7) as usize], MONTHS[(month - 1) as usize])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn planner(strategy: Strategy, blocks: &[&str], excluded: &[&str]) -> RoutePlanner {
+        let blocks = IpBlocks::new(blocks.iter().map(|b| b.parse().unwrap()).collect()).unwrap();
+        let excluded = excluded.iter().map(|e| e.parse().unwrap()).collect();
+        RoutePlanner::new(strategy, blocks, excluded, true, Some(DEFAULT_RETRY_LIMIT)).unwrap()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn blocks_index_across_blocks_and_know_their_size() {
+        let b = IpBlocks::new(vec!["10.0.0.0/30".parse().unwrap(), "10.1.0.8/31".parse().unwrap()]).unwrap();
+        assert_eq!(b.size(), 6);
+        let all: Vec<_> = (0..7).map(|i| b.get(i)).collect();
+        assert_eq!(all[0], Some(ip("10.0.0.0")));
+        assert_eq!(all[3], Some(ip("10.0.0.3")));
+        assert_eq!(all[4], Some(ip("10.1.0.8")));
+        assert_eq!(all[5], Some(ip("10.1.0.9")));
+        assert_eq!(all[6], None);
+        assert!(b.contains(&ip("10.1.0.9")) && !b.contains(&ip("10.1.0.10")));
+        let v6 = IpBlocks::new(vec!["2001:db8::/64".parse().unwrap()]).unwrap();
+        assert_eq!(v6.size(), BLOCK64);
+        assert_eq!(v6.get(BLOCK64 - 1), Some(ip("2001:db8::ffff:ffff:ffff:ffff")));
+        assert!(IpBlocks::new(vec!["10.0.0.0/8".parse().unwrap(), "2001:db8::/64".parse().unwrap()]).is_err());
+        assert!(IpBlocks::new(vec!["::/0".parse().unwrap()]).is_err());
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let cfg = |blocks: &[&str], excluded: &[&str], strategy: &str| RateLimitConfig {
+            ip_blocks: blocks.iter().map(|s| s.to_string()).collect(),
+            excluded_ips: excluded.iter().map(|s| s.to_string()).collect(),
+            strategy: strategy.into(),
+            ..Default::default()
+        };
+        assert!(RoutePlanner::from_config(None).unwrap().is_none());
+        assert!(RoutePlanner::from_config(Some(&cfg(&[], &[], "RotateOnBan"))).unwrap().is_none());
+        assert_eq!(RoutePlanner::from_config(Some(&cfg(&["1.2.3.4/33"], &[], "RotateOnBan"))).unwrap_err().0, "lavalink.server.ratelimit.ipBlocks");
+        assert_eq!(RoutePlanner::from_config(Some(&cfg(&["1.2.3.0/24"], &["nope"], "RotateOnBan"))).unwrap_err().0, "lavalink.server.ratelimit.excludedIps");
+        assert_eq!(RoutePlanner::from_config(Some(&cfg(&["1.2.3.0/24"], &[], "Sideways"))).unwrap_err().0, "lavalink.server.ratelimit.strategy");
+        assert!(RoutePlanner::from_config(Some(&cfg(&["1.2.3.0/24"], &[], "NanoSwitch"))).is_err());
+        assert!(RoutePlanner::from_config(Some(&cfg(&["2001:db8::/96"], &[], "RotatingNanoSwitch"))).is_err());
+        let p = RoutePlanner::from_config(Some(&cfg(&["2001:db8::/64"], &[], " rotatingnanoswitch "))).unwrap().unwrap();
+        assert_eq!(p.strategy(), Strategy::RotatingNanoSwitch);
+    }
+
+    #[test]
+    fn retry_limit_follows_lavalink() {
+        let with = |n: i32| {
+            let c = RateLimitConfig { ip_blocks: vec!["10.0.0.0/24".into()], retry_limit: n, ..Default::default() };
+            RoutePlanner::from_config(Some(&c)).unwrap().unwrap().retry_limit()
+        };
+        assert_eq!(with(-1), Some(DEFAULT_RETRY_LIMIT));
+        assert_eq!(with(0), None);
+        assert_eq!(with(7), Some(7));
+    }
+
+    #[test]
+    fn rotate_on_ban_keeps_an_address_until_it_is_banned() {
+        let p = planner(Strategy::RotateOnBan, &["10.0.0.0/29"], &["10.0.0.1"]);
+        let first = p.acquire().unwrap();
+        assert_eq!(first, ip("10.0.0.0"));
+        assert_eq!(p.acquire().unwrap(), first, "no ban, no rotation");
+        assert!(p.mark_failing(first, false));
+        // The excluded address is skipped.
+        assert_eq!(p.acquire().unwrap(), ip("10.0.0.2"));
+        assert_eq!(p.status()["details"]["rotateIndex"], "1");
+        assert_eq!(p.status()["details"]["currentAddress"], "/10.0.0.2");
+        // A ban of an address not in use does not rotate.
+        p.mark_failing(ip("10.0.0.5"), false);
+        assert_eq!(p.acquire().unwrap(), ip("10.0.0.2"));
+        p.mark_failing(ip("10.0.0.2"), false);
+        assert_eq!(p.acquire().unwrap(), ip("10.0.0.3"));
+    }
+
+    #[test]
+    fn rotate_on_ban_exhausts_and_recovers_when_freed() {
+        let p = planner(Strategy::RotateOnBan, &["10.0.0.0/30"], &["10.0.0.3"]);
+        for _ in 0..3 {
+            let a = p.acquire().unwrap();
+            p.mark_failing(a, false);
+        }
+        let err = p.acquire().unwrap_err();
+        assert!(err.contains("Can't find a free ip"), "{err}");
+        assert_eq!(p.failing().len(), 3);
+        p.free(ip("10.0.0.1"));
+        assert_eq!(p.acquire().unwrap(), ip("10.0.0.1"));
+        p.free_all();
+        assert!(p.failing().is_empty());
+    }
+
+    #[test]
+    fn failing_marks_expire_after_a_week() {
+        let p = planner(Strategy::RotateOnBan, &["10.0.0.0/31"], &[]);
+        let now = Instant::now();
+        p.mark_failing_at(ip("10.0.0.0"), false, now, 1_000);
+        p.mark_failing_at(ip("10.0.0.1"), false, now, 1_000);
+        assert!(p.acquire_at(now, 2_000).is_err());
+        assert!(p.acquire_at(now, 1_000 + FAILING_FOR.as_millis() as u64).is_ok());
+    }
+
+    #[test]
+    fn load_balance_spreads_over_usable_addresses() {
+        let p = planner(Strategy::LoadBalance, &["10.0.0.0/28"], &["10.0.0.1"]);
+        p.mark_failing(ip("10.0.0.2"), false);
+        let mut seen = std::collections::HashMap::new();
+        for _ in 0..1400 {
+            *seen.entry(p.acquire().unwrap()).or_insert(0) += 1;
+        }
+        assert_eq!(seen.len(), 14, "{seen:?}");
+        assert!(!seen.contains_key(&ip("10.0.0.1")) && !seen.contains_key(&ip("10.0.0.2")));
+        assert!(seen.values().all(|&n| (40..=180).contains(&n)), "uneven spread: {seen:?}");
+        // Only one usable address left: it is always found.
+        let p = planner(Strategy::LoadBalance, &["10.0.0.0/28"], &[]);
+        for i in 0..15 {
+            p.mark_failing(ip(&format!("10.0.0.{i}")), false);
+        }
+        assert!((0..50).all(|_| p.acquire().unwrap() == ip("10.0.0.15")));
+    }
+
+    #[test]
+    fn searches_mark_only_when_configured() {
+        let blocks = IpBlocks::new(vec!["10.0.0.0/30".parse().unwrap()]).unwrap();
+        let p = RoutePlanner::new(Strategy::LoadBalance, blocks, HashSet::new(), false, None).unwrap();
+        assert!(p.mark_failing(ip("10.0.0.1"), true));
+        assert!(p.failing().is_empty());
+        p.mark_failing(ip("10.0.0.1"), false);
+        assert_eq!(p.failing(), [ip("10.0.0.1")]);
+        // Addresses outside the block are refused.
+        assert!(!p.mark_failing(ip("192.0.2.1"), false));
+    }
+
+    #[test]
+    fn nano_switch_follows_the_clock_within_the_block() {
+        let p = planner(Strategy::NanoSwitch, &["2001:db8:1::/64"], &[]);
+        let net: IpNet = "2001:db8:1::/64".parse().unwrap();
+        let start = p.state().block_start;
+        let a = p.acquire_at(start + Duration::from_nanos(1000), 0).unwrap();
+        let b = p.acquire_at(start + Duration::from_nanos(5000), 0).unwrap();
+        assert_eq!(a, ip("2001:db8:1::3e8"));
+        assert_eq!(b, ip("2001:db8:1::1388"));
+        assert!(net.contains(&a) && net.contains(&b));
+        p.mark_failing(b, false);
+        assert_eq!(p.acquire_at(start + Duration::from_nanos(5000), 0).unwrap(), ip("2001:db8:1::1389"), "a failing address is skipped");
+        let s = p.status();
+        assert_eq!(s["class"], "NanoIpRoutePlanner");
+        assert_eq!(s["details"]["ipBlock"], json!({"type": "Inet6Address", "size": "18446744073709551616"}));
+        assert_eq!(s["details"]["failingAddresses"][0]["failingAddress"], "/2001:db8:1:0:0:0:0:1388");
+        assert!(s["details"]["currentAddressIndex"].as_str().unwrap().parse::<u64>().is_ok());
+    }
+
+    #[test]
+    fn nano_switch_over_a_larger_block_picks_random_64s() {
+        let p = planner(Strategy::NanoSwitch, &["2001:db8::/48"], &[]);
+        let prefixes: HashSet<u128> = (0..50).map(|_| u128::from(match p.acquire().unwrap() { IpAddr::V6(a) => a, _ => unreachable!() }) >> 64).collect();
+        assert!(prefixes.len() > 40, "{} distinct /64s", prefixes.len());
+    }
+
+    #[test]
+    fn rotating_nano_switch_moves_to_the_next_64_on_a_ban_and_wraps() {
+        let p = planner(Strategy::RotatingNanoSwitch, &["2001:db8::/63"], &[]);
+        let prefix = |a: IpAddr| match a { IpAddr::V6(a) => u128::from(a) >> 64, _ => unreachable!() };
+        let first = p.acquire().unwrap();
+        assert_eq!(prefix(first), 0x2001_0db8_0000_0000);
+        p.mark_failing(first, false);
+        let second = p.acquire().unwrap();
+        assert_eq!(prefix(second), 0x2001_0db8_0000_0001);
+        assert_eq!(p.status()["details"]["blockIndex"], "1");
+        p.mark_failing(second, false);
+        assert_eq!(prefix(p.acquire().unwrap()), 0x2001_0db8_0000_0000, "wraps to the first /64");
+        assert_eq!(p.status()["class"], "RotatingNanoIpRoutePlanner");
+    }
+
+    #[test]
+    fn status_shapes() {
+        let p = planner(Strategy::RotateOnBan, &["127.0.0.0/28"], &[]);
+        assert_eq!(p.status()["details"]["currentAddress"], "null");
+        p.acquire().unwrap();
+        p.mark_failing_at(ip("127.0.0.0"), false, Instant::now(), 1_764_082_454_000);
+        let s = p.status();
+        assert_eq!(
+            s,
+            json!({"class": "RotatingIpRoutePlanner", "details": {
+                "ipBlock": {"type": "Inet4Address", "size": "16"},
+                "failingAddresses": [{"failingAddress": "/127.0.0.0", "failingTimestamp": 1_764_082_454_000u64, "failingTime": "Tue Nov 25 14:54:14 UTC 2025"}],
+                "rotateIndex": "0", "ipIndex": "0", "currentAddress": "/127.0.0.0"}})
+        );
+        let b = planner(Strategy::LoadBalance, &["10.0.0.0/24"], &[]).status();
+        assert_eq!(b, json!({"class": "BalancingIpRoutePlanner", "details": {"ipBlock": {"type": "Inet4Address", "size": "256"}, "failingAddresses": []}}));
+    }
+
+    #[test]
+    fn java_dates() {
+        assert_eq!(java_date(0), "Thu Jan 01 00:00:00 UTC 1970");
+        assert_eq!(java_date(951_782_400_000), "Tue Feb 29 00:00:00 UTC 2000");
+        assert_eq!(java_date(1_573_520_707_545), "Tue Nov 12 01:05:07 UTC 2019");
+    }
+}
