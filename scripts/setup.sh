@@ -3,6 +3,7 @@
 # - cmake + a C toolchain: libopus is compiled from source by libopus_sys (songbird, opus2).
 # - python3 + pip, node + npm: the client-compatibility tests use real Lavalink client libraries
 #   (`lavalink` from PyPI, `lavalink-client` from npm, both pinned).
+# - iproute2: the IPv6 route planner test builds a network namespace with `ip netns`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,7 @@ command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
 command -v git >/dev/null 2>&1 || need_apt+=(git)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi

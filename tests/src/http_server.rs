@@ -48,10 +48,14 @@ pub struct Hit {
     pub range: Option<String>,
 }
 
+/// Decides which client addresses get 429 Too Many Requests instead of their route.
+type RateLimit = Arc<dyn Fn(IpAddr) -> bool + Send + Sync>;
+
 pub struct TestServer {
     pub addr: SocketAddr,
     routes: Arc<Mutex<HashMap<String, Route>>>,
     hits: Arc<Mutex<Vec<Hit>>>,
+    limited: Arc<Mutex<Option<RateLimit>>>,
 }
 
 impl TestServer {
@@ -64,16 +68,22 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let routes: Arc<Mutex<HashMap<String, Route>>> = Arc::default();
         let hits: Arc<Mutex<Vec<Hit>>> = Arc::default();
-        let (r, h) = (routes.clone(), hits.clone());
+        let limited: Arc<Mutex<Option<RateLimit>>> = Arc::default();
+        let (r, h, l) = (routes.clone(), hits.clone(), limited.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (r, h) = (r.clone(), h.clone());
+                let (r, h, l) = (r.clone(), h.clone(), l.clone());
                 std::thread::spawn(move || {
-                    let _ = serve(stream, &r, &h);
+                    let _ = serve(stream, &r, &h, &l);
                 });
             }
         });
-        Self { addr, routes, hits }
+        Self { addr, routes, hits, limited }
+    }
+
+    /// Answers 429 to every request from a client address `limit` picks, whatever the path.
+    pub fn rate_limit(&self, limit: impl Fn(IpAddr) -> bool + Send + Sync + 'static) {
+        *self.limited.lock().unwrap() = Some(Arc::new(limit));
     }
 
     pub fn route(&self, path: &str, route: Route) {
@@ -89,7 +99,12 @@ impl TestServer {
     }
 }
 
-fn serve(stream: TcpStream, routes: &Mutex<HashMap<String, Route>>, hits: &Mutex<Vec<Hit>>) -> std::io::Result<()> {
+fn serve(
+    stream: TcpStream,
+    routes: &Mutex<HashMap<String, Route>>,
+    hits: &Mutex<Vec<Hit>>,
+    limited: &Mutex<Option<RateLimit>>,
+) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let peer = stream.peer_addr()?.ip();
     let mut reader = BufReader::new(stream.try_clone()?);
@@ -111,6 +126,9 @@ fn serve(stream: TcpStream, routes: &Mutex<HashMap<String, Route>>, hits: &Mutex
     hits.lock().unwrap().push(Hit { path: path.clone(), peer, range: range.clone() });
     let route = routes.lock().unwrap().get(&path).cloned();
     let mut out = stream;
+    if limited.lock().unwrap().as_ref().is_some_and(|limit| limit(peer)) {
+        return respond(&mut out, 429, &[], b"too many requests");
+    }
     match route {
         None => respond(&mut out, 404, &[], b"not found"),
         Some(Route::Status(code)) => respond(&mut out, code, &[], b"status"),

@@ -170,6 +170,11 @@ impl Node {
         self.http.get(self.url(path)).header("Authorization", PASSWORD).send().expect("GET")
     }
 
+    /// POST a JSON body with the right password.
+    pub fn post(&self, path: &str, body: &serde_json::Value) -> reqwest::blocking::Response {
+        self.http.post(self.url(path)).header("Authorization", PASSWORD).json(body).send().expect("POST")
+    }
+
     /// `GET /v4/loadtracks?identifier=...` as JSON.
     pub fn load(&self, identifier: &str) -> serde_json::Value {
         let res = self
