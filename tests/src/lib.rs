@@ -170,6 +170,22 @@ impl Node {
         self.http.get(self.url(path)).header("Authorization", PASSWORD).send().expect("GET")
     }
 
+    /// Runs `tests/python/<script> HOST PORT PASSWORD ARGS...` (a script driving the real `lavalink`
+    /// client library against this node) and returns the JSON of its last output line.
+    pub fn python(&self, script: &str, args: &[&str]) -> serde_json::Value {
+        let addr = self.addr.expect("node is not listening");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python").join(script);
+        let out = Command::new("python3")
+            .arg(path)
+            .args([addr.ip().to_string(), addr.port().to_string(), PASSWORD.to_string()])
+            .args(args)
+            .output()
+            .expect("python3 (scripts/setup.sh installs it and the lavalink package)");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "python client failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("the script's JSON line")
+    }
+
     /// POST a JSON body with the right password.
     pub fn post(&self, path: &str, body: &serde_json::Value) -> reqwest::blocking::Response {
         self.http.post(self.url(path)).header("Authorization", PASSWORD).json(body).send().expect("POST")

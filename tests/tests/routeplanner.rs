@@ -227,3 +227,19 @@ fn invalid_planner_config_is_a_startup_error_naming_the_key() {
     let (code, text) = check("      ipBlocks: [\"2001:db8::/48\"]\n      strategy: rotatingnanoswitch\n      retryLimit: 0\n");
     assert_eq!(code, Some(0), "{text}");
 }
+
+#[test]
+fn python_lavalink_client_reads_and_frees_the_planner() {
+    let node = node_with(&ratelimit("RotateOnBan", ""));
+    let media = TestServer::start();
+    media.route("/t.wav", Route::file(sine_wav(440.0, 0.5, 48_000, 2, 0.5), "audio/wav"));
+    media.rate_limit(|p| p == ip("127.0.0.0") || p == ip("127.0.0.2"));
+    let seen = node.python("routeplanner.py", &[&media.url("/t.wav"), "127.0.0.0"]);
+    assert!(seen["load_type"].as_str().unwrap().to_lowercase().contains("track"), "{seen}");
+    assert_eq!(seen["before"]["class"], "RotatingIpRoutePlanner", "{seen}");
+    assert_eq!(failing(&seen["before"]), BTreeSet::from(["/127.0.0.0".to_string(), "/127.0.0.2".to_string()]));
+    assert_eq!(seen["freed_one"], true);
+    assert_eq!(failing(&seen["after_one"]), BTreeSet::from(["/127.0.0.2".to_string()]));
+    assert_eq!(seen["freed_all"], true);
+    assert!(failing(&seen["after_all"]).is_empty(), "{seen}");
+}

@@ -321,16 +321,7 @@ fn python_lavalink_client_loads_and_decodes() {
     let server = TestServer::start();
     let node = Node::start_with(NodeOptions { workers: 1, ..Default::default() });
     server.route("/song.mp3", Route::file(fixture_bytes("sine440.mp3"), "audio/mpeg"));
-    let addr = node.addr.unwrap();
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/load_and_decode.py");
-    let out = std::process::Command::new("python3")
-        .arg(script)
-        .args([addr.ip().to_string(), addr.port().to_string(), PASSWORD.to_string(), server.url("/song.mp3")])
-        .output()
-        .expect("python3 (scripts/setup.sh installs it and the lavalink package)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "python client failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let seen: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let seen = node.python("load_and_decode.py", &[&server.url("/song.mp3")]);
     assert_eq!(seen["title"], "Sine 440");
     assert_eq!(seen["author"], "Caldera Tests");
     assert!((2950..=3050).contains(&seen["duration"].as_u64().unwrap()), "{seen}");

@@ -188,16 +188,7 @@ fn python_lavalink_client_plays_a_track() {
     let rig = rig(1);
     let guild = 801u64;
     rig.media.route("/py.mp3", Route::file(fixture_bytes("sine440.mp3"), "audio/mpeg"));
-    let addr = rig.node.addr.unwrap();
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/play.py");
-    let out = std::process::Command::new("python3")
-        .arg(script)
-        .args([addr.ip().to_string(), addr.port().to_string(), caldera_tests::PASSWORD.into(), rig.media.url("/py.mp3"), rig.voice.endpoint(), guild.to_string()])
-        .output()
-        .expect("python3 (scripts/setup.sh installs it and the lavalink package)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "python client failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let seen: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let seen = rig.node.python("play.py", &[&rig.media.url("/py.mp3"), &rig.voice.endpoint(), &guild.to_string()]);
     let events = seen["events"].as_array().unwrap();
     assert_eq!(events[0]["type"], "TrackStartEvent", "{seen}");
     assert_eq!(events[0]["title"], "Sine 440");
