@@ -228,11 +228,14 @@ impl RoutePlanner {
                     _ => {
                         // Small blocks step through every address; large ones skip ahead a little,
                         // so a ban does not land on the neighbour of a banned address.
+                        // A stepped walk may miss addresses; blocks small enough are then scanned
+                        // whole, so "no free address" means none.
                         let step = if size > 128 { 10 + random_below(10) } else { 1 };
                         let start = st.index.map_or(0, |i| (i + step) % size);
-                        let tries = if size > 128 { MAX_TRIES } else { size };
-                        let next = (0..tries)
-                            .map(|k| (start + k * step) % size)
+                        let stepped = (0..size.min(MAX_TRIES)).map(|k| (start + k * step) % size);
+                        let scan = (0..if size <= SCAN_ALL_UP_TO && step > 1 { size } else { 0 }).map(|k| (start + k) % size);
+                        let next = stepped
+                            .chain(scan)
                             .find_map(|i| self.blocks.get(i).filter(|a| self.usable(&mut st, *a, now_ms)).map(|a| (i, a)));
                         next.map(|(i, a)| {
                             if st.index.is_some() {
@@ -510,6 +513,17 @@ mod tests {
         assert_eq!(p.acquire().unwrap(), ip("10.0.0.1"));
         p.free_all();
         assert!(p.failing().is_empty());
+    }
+
+    #[test]
+    fn rotate_on_ban_finds_the_last_free_address_of_a_larger_block() {
+        let p = planner(Strategy::RotateOnBan, &["10.0.0.0/24"], &[]);
+        for i in (0..=255).filter(|i| *i != 77) {
+            p.mark_failing(ip(&format!("10.0.0.{i}")), false);
+        }
+        assert_eq!(p.acquire().unwrap(), ip("10.0.0.77"));
+        p.mark_failing(ip("10.0.0.77"), false);
+        assert!(p.acquire().is_err());
     }
 
     #[test]
