@@ -94,28 +94,23 @@ fn get(
     timeout: Duration,
     outbound: Option<Outbound>,
 ) -> Result<(reqwest::blocking::Client, reqwest::blocking::Response), LoadFailure> {
-    let Some(outbound) = outbound else {
-        let client = client(timeout, None)?;
-        let res = client.get(url).header("Icy-MetaData", "1").send().map_err(|e| LoadFailure::connect(url, &e))?;
-        return Ok((client, res));
-    };
     let deadline = Instant::now() + timeout.min(MAX_RETRY_TIME);
     let mut failed = 0u32;
     loop {
         let local = outbound
-            .planner
-            .acquire()
+            .map(|o| o.planner.acquire())
+            .transpose()
             .map_err(|why| LoadFailure::suspicious("No outbound address is free to make the request from.", format!("{url}: {why}")))?;
-        let client = client(timeout, Some(local))?;
+        let client = client(timeout, local)?;
         let sent = client.get(url).header("Icy-MetaData", "1").send();
-        let rejected = match &sent {
+        let rejected = local.filter(|&local| match &sent {
             Ok(res) => res.status() == reqwest::StatusCode::TOO_MANY_REQUESTS && bound_to(res.remote_addr(), local),
             Err(e) => is_bind_error(e),
-        };
-        if !rejected {
+        });
+        let (Some(local), Some(outbound)) = (rejected, outbound) else {
             let res = sent.map_err(|e| LoadFailure::connect(url, &e))?;
             return Ok((client, res));
-        }
+        };
         outbound.planner.failed(local);
         failed += 1;
         if outbound.retry_limit.is_some_and(|limit| failed > limit) || Instant::now() >= deadline {
