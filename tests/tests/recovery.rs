@@ -51,6 +51,10 @@ fn players_of_a_killed_worker_are_restored_elsewhere() {
     assert!(rig.session.closed().is_none());
     let moved = rig.node.logs.wait_for("player restored on another worker", Duration::from_secs(1)).unwrap();
     assert!(moved.contains(&format!("to={b}")), "{moved}");
+    // Restored where it was when the worker died: the last report plus the time since (the
+    // report interval is 1 s here), not back at the last report.
+    let restored_at: u64 = moved.split("position_ms=").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse().ok()).expect("position in the log");
+    assert!((position_before..=position_before + 2500).contains(&restored_at), "{position_before} → {restored_at}");
 }
 
 #[test]

@@ -290,6 +290,8 @@ impl Registry {
         let mut guard = self.lock();
         let st = &mut *guard;
         let now = std::time::Instant::now();
+        let now_ms = crate::http::error::now_ms();
+        let report_every_ms = self.supervisor.settings().player_update_interval_ms;
         let mut load = self.worker_load(&st.sessions, Some(worker));
         for session in st.sessions.values_mut() {
             let user_id = session.user_id;
@@ -327,6 +329,8 @@ impl Registry {
                 }
                 commands.push((target, p.id, PlayerCommand::Volume(p.volume)));
                 commands.push((target, p.id, PlayerCommand::Filters(p.filters_parsed.clone())));
+                p.state.position_ms = p.position_at_loss(now_ms, report_every_ms);
+                p.state.time_ms = now_ms;
                 if let Some(t) = &p.track {
                     p.restored_seq = Some(t.seq);
                     commands.push((target, p.id, PlayerCommand::Play {
@@ -429,6 +433,24 @@ impl Player {
         self.playing_since.is_some_and(|since| now.duration_since(since) >= std::time::Duration::from_secs(59))
     }
 
+    /// Where the current track was when its worker went away: the last reported position,
+    /// advanced by the time since that report while playing — at most one report interval, since
+    /// a worker alive for longer would have reported again — at the timescale's speed, and within
+    /// the track and its end time.
+    fn position_at_loss(&self, now_ms: i64, report_every_ms: u64) -> u64 {
+        let Some(track) = &self.track else { return self.state.position_ms };
+        let mut position = self.state.position_ms;
+        if !self.paused {
+            let elapsed = (now_ms - self.state.time_ms).clamp(0, report_every_ms as i64) as f64;
+            let speed = self.filters_parsed.timescale.map_or(1.0, |t| t.speed * t.rate);
+            position += (elapsed * speed) as u64;
+        }
+        if !track.data.info.is_stream {
+            position = position.min(track.data.info.length);
+        }
+        self.end_time.map_or(position, |end| position.min(end))
+    }
+
     fn new(id: u64, worker: u32, guild_id: u64) -> Self {
         Self {
             id,
@@ -486,4 +508,48 @@ pub fn player_json(p: &Player) -> Value {
         "voice": voice,
         "filters": p.filters,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use caldera_protocol::{Timescale, TrackInfo};
+
+    fn playing(position_ms: u64, reported_at: i64, length: u64) -> Player {
+        let mut p = Player::new(1, 0, 1);
+        let info = TrackInfo {
+            title: "t".into(),
+            author: "a".into(),
+            length,
+            identifier: "i".into(),
+            is_stream: false,
+            uri: None,
+            artwork_url: None,
+            isrc: None,
+            source_name: "http".into(),
+            position: 0,
+        };
+        p.track = Some(PlayerTrack { seq: 1, data: TrackData { info, source_data: Vec::new() }, encoded: String::new(), user_data: json!({}) });
+        p.state.position_ms = position_ms;
+        p.state.time_ms = reported_at;
+        p
+    }
+
+    #[test]
+    fn a_lost_worker_s_position_is_the_report_plus_the_time_since() {
+        let p = playing(10_000, 1_000_000, 60_000);
+        assert_eq!(p.position_at_loss(1_000_700, 5_000), 10_700);
+        // A worker that hung: it stopped within one report interval of its last report.
+        assert_eq!(p.position_at_loss(1_009_000, 5_000), 15_000);
+        let mut paused = playing(10_000, 1_000_000, 60_000);
+        paused.paused = true;
+        assert_eq!(paused.position_at_loss(1_000_700, 5_000), 10_000);
+        let mut fast = playing(10_000, 1_000_000, 60_000);
+        fast.filters_parsed.timescale = Some(Timescale { speed: 2.0, pitch: 1.0, rate: 1.0 });
+        assert_eq!(fast.position_at_loss(1_000_700, 5_000), 11_400);
+        let mut ending = playing(59_900, 1_000_000, 60_000);
+        assert_eq!(ending.position_at_loss(1_000_700, 5_000), 60_000, "within the track");
+        ending.end_time = Some(59_950);
+        assert_eq!(ending.position_at_loss(1_000_700, 5_000), 59_950, "within the end time");
+    }
 }

@@ -208,6 +208,7 @@ impl Resolved {
                 p.track = Some(t);
                 p.paused = paused;
                 p.state.position_ms = start;
+                p.state.time_ms = crate::http::error::now_ms();
                 commands.push(PlayerCommand::Play { track_seq: seq, track: *data, start_ms: start, end_ms: p.end_time, paused });
             }
             TrackChange::Stop => {
@@ -235,6 +236,7 @@ impl Resolved {
                 }
                 if let (Some(position), Some(_)) = (self.position, p.track.as_ref()) {
                     p.state.position_ms = position;
+                    p.state.time_ms = crate::http::error::now_ms();
                     commands.push(PlayerCommand::Seek { position_ms: position });
                 }
             }

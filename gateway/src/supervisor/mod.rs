@@ -280,6 +280,11 @@ impl Supervisor {
         self.shared.send(worker_id, msg)
     }
 
+    /// The settings every worker gets.
+    pub fn settings(&self) -> &WorkerSettings {
+        &self.shared.config.settings
+    }
+
     /// The route planner, when `lavalink.server.ratelimit` configures one.
     pub fn route_planner(&self) -> Option<&Arc<RoutePlanner>> {
         self.shared.config.route_planner.as_ref()
