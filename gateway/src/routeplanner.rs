@@ -14,10 +14,10 @@
 use crate::config::RateLimitConfig;
 use ipnet::IpNet;
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Addresses in one IPv6 /64.
 const BLOCK64: u128 = 1 << 64;
@@ -31,6 +31,21 @@ const MAX_TRIES: u128 = 4096;
 const SCAN_ALL_UP_TO: u128 = 4096;
 /// Consecutive unusable addresses before RotatingNanoSwitch moves to the next /64.
 const TRIES_PER_BLOCK: u128 = 128;
+/// Most failing addresses remembered; the oldest marks go first.
+const MAX_FAILING: usize = 65_536;
+
+/// What reporting a failing address did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Marked {
+    /// Newly marked failing.
+    New,
+    /// It was failing already (its mark is renewed).
+    Known,
+    /// A search failure while `searchTriggersFail` is off: not marked.
+    Search,
+    /// Not an address of the blocks.
+    Foreign,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Strategy {
@@ -111,16 +126,73 @@ impl IpBlocks {
         None
     }
 
-    pub fn contains(&self, addr: &IpAddr) -> bool {
-        self.blocks.iter().any(|(net, _)| net.contains(addr))
+    /// The index of `addr` counted across all blocks, if it is in one.
+    pub fn index_of(&self, addr: &IpAddr) -> Option<u128> {
+        let mut before = 0u128;
+        for (net, n) in &self.blocks {
+            if net.contains(addr) {
+                let offset = match (addr, net.network()) {
+                    (IpAddr::V4(a), IpAddr::V4(base)) => u128::from(u32::from(*a) - u32::from(base)),
+                    (IpAddr::V6(a), IpAddr::V6(base)) => u128::from(*a) - u128::from(base),
+                    _ => return None,
+                };
+                return Some(before + offset);
+            }
+            before += n;
+        }
+        None
+    }
+}
+
+/// Failing addresses with when they were marked (Unix ms), also ordered by that time so expired
+/// and oldest marks go cheaply.
+#[derive(Debug, Default)]
+struct Failing {
+    by_addr: BTreeMap<IpAddr, u64>,
+    by_time: BTreeSet<(u64, IpAddr)>,
+}
+
+impl Failing {
+    fn since(&self, addr: &IpAddr) -> Option<u64> {
+        self.by_addr.get(addr).copied()
+    }
+
+    /// Marks `addr` at `ms`; true if it was marked already.
+    fn insert(&mut self, addr: IpAddr, ms: u64) -> bool {
+        let old = self.by_addr.insert(addr, ms);
+        if let Some(old) = old {
+            self.by_time.remove(&(old, addr));
+        }
+        self.by_time.insert((ms, addr));
+        old.is_some()
+    }
+
+    fn remove(&mut self, addr: &IpAddr) {
+        if let Some(old) = self.by_addr.remove(addr) {
+            self.by_time.remove(&(old, *addr));
+        }
+    }
+
+    fn clear(&mut self) {
+        self.by_addr.clear();
+        self.by_time.clear();
+    }
+
+    /// Drops marks that expired by `now_ms`, then the oldest until at most `keep` remain.
+    fn shed(&mut self, now_ms: u64, keep: usize) {
+        while let Some(&(since, addr)) = self.by_time.first() {
+            if since + FAILING_FOR.as_millis() as u64 > now_ms && self.by_addr.len() <= keep {
+                break;
+            }
+            self.remove(&addr);
+        }
     }
 }
 
 /// What the planner moves through, besides the failing addresses.
 #[derive(Debug)]
 struct State {
-    /// Address → Unix milliseconds when it was marked failing.
-    failing: BTreeMap<IpAddr, u64>,
+    failing: Failing,
     /// RotateOnBan: the index in use (`None` before the first request) and bans seen.
     index: Option<u128>,
     rotations: u128,
@@ -181,12 +253,12 @@ impl RoutePlanner {
             Strategy::NanoSwitch if !blocks.is_v6() || blocks.blocks.iter().any(|(_, n)| *n < BLOCK64) => {
                 return Err("NanoSwitch needs IPv6 blocks of at least a /64 each".into())
             }
-            Strategy::RotatingNanoSwitch if !blocks.is_v6() || blocks.size() < BLOCK64 => {
-                return Err("RotatingNanoSwitch needs IPv6 blocks of at least one /64".into())
+            Strategy::RotatingNanoSwitch if !blocks.is_v6() || blocks.blocks.iter().any(|(_, n)| *n < BLOCK64) => {
+                return Err("RotatingNanoSwitch needs IPv6 blocks of at least a /64 each".into())
             }
             _ => {}
         }
-        let state = State { failing: BTreeMap::new(), index: None, rotations: 0, rotate: false, block: 0, block_start: Instant::now() };
+        let state = State { failing: Failing::default(), index: None, rotations: 0, rotate: false, block: 0, block_start: Instant::now() };
         Ok(Self { strategy, blocks, excluded, search_triggers_fail, retry_limit, state: Mutex::new(state) })
     }
 
@@ -217,6 +289,16 @@ impl RoutePlanner {
         self.acquire_at(Instant::now(), unix_ms())
     }
 
+    /// A step of 10–19 that shares no factor with `size`, so a walk visits every address once
+    /// before repeating (1 when there is none).
+    fn coprime_step(size: u128) -> u128 {
+        fn gcd(a: u128, b: u128) -> u128 {
+            if b == 0 { a } else { gcd(b, a % b) }
+        }
+        let offset = random_below(10);
+        (0..10).map(|k| 10 + (offset + k) % 10).find(|&s| gcd(s, size) == 1).unwrap_or(1)
+    }
+
     fn acquire_at(&self, now: Instant, now_ms: u64) -> Result<IpAddr, String> {
         let mut st = self.state();
         let size = self.blocks.size();
@@ -226,16 +308,13 @@ impl RoutePlanner {
                 match current {
                     Some(addr) if !st.rotate && self.usable(&mut st, addr, now_ms) => Some(addr),
                     _ => {
-                        // Small blocks step through every address; large ones skip ahead a little,
-                        // so a ban does not land on the neighbour of a banned address.
-                        // A stepped walk may miss addresses; blocks small enough are then scanned
-                        // whole, so "no free address" means none.
-                        let step = if size > 128 { 10 + random_below(10) } else { 1 };
+                        // Small blocks step through every address; large ones skip ahead a little
+                        // (so a ban does not land on the neighbour of a banned address), with a
+                        // step that still visits every address before repeating.
+                        let step = if size > 128 { Self::coprime_step(size) } else { 1 };
                         let start = st.index.map_or(0, |i| (i + step) % size);
-                        let stepped = (0..size.min(MAX_TRIES)).map(|k| (start + k * step) % size);
-                        let scan = (0..if size <= SCAN_ALL_UP_TO && step > 1 { size } else { 0 }).map(|k| (start + k) % size);
-                        let next = stepped
-                            .chain(scan)
+                        let next = (0..size.min(MAX_TRIES))
+                            .map(|k| (start + k * step) % size)
                             .find_map(|i| self.blocks.get(i).filter(|a| self.usable(&mut st, *a, now_ms)).map(|a| (i, a)));
                         next.map(|(i, a)| {
                             if st.index.is_some() {
@@ -291,9 +370,9 @@ impl RoutePlanner {
         if self.excluded.contains(&addr) {
             return false;
         }
-        match st.failing.get(&addr) {
+        match st.failing.since(&addr) {
             None => true,
-            Some(&since) if since + FAILING_FOR.as_millis() as u64 <= now_ms => {
+            Some(since) if since + FAILING_FOR.as_millis() as u64 <= now_ms => {
                 st.failing.remove(&addr);
                 true
             }
@@ -304,32 +383,34 @@ impl RoutePlanner {
     /// A request from `addr` was rate limited or could not bind. Searches mark the address only
     /// when `searchTriggersFail` is set. Returns false when `addr` is not one of ours (a worker
     /// cannot make the planner track arbitrary addresses).
-    pub fn mark_failing(&self, addr: IpAddr, search: bool) -> bool {
+    pub fn mark_failing(&self, addr: IpAddr, search: bool) -> Marked {
         self.mark_failing_at(addr, search, Instant::now(), unix_ms())
     }
 
-    fn mark_failing_at(&self, addr: IpAddr, search: bool, now: Instant, now_ms: u64) -> bool {
-        if !self.blocks.contains(&addr) {
-            return false;
-        }
+    fn mark_failing_at(&self, addr: IpAddr, search: bool, now: Instant, now_ms: u64) -> Marked {
+        let Some(index) = self.blocks.index_of(&addr) else { return Marked::Foreign };
         if search && !self.search_triggers_fail {
-            return true;
+            return Marked::Search;
         }
         let mut st = self.state();
-        st.failing.insert(addr, now_ms);
+        // Marks of addresses never visited again (most of a /64) would stay forever: expired
+        // ones go on every insert, and the oldest when there are too many.
+        let known = st.failing.insert(addr, now_ms);
+        st.failing.shed(now_ms, MAX_FAILING);
         match self.strategy {
-            Strategy::RotateOnBan => {
-                if st.index.and_then(|i| self.blocks.get(i)) == Some(addr) {
-                    st.rotate = true;
-                }
-            }
-            Strategy::RotatingNanoSwitch => {
-                st.block += 1;
+            Strategy::RotateOnBan if st.index == Some(index) => st.rotate = true,
+            // Only a ban in the /64 in use moves on (two bans at once skip one /64, not two).
+            Strategy::RotatingNanoSwitch if index / BLOCK64 == st.block => {
+                st.block = (st.block + 1) % (self.blocks.size() / BLOCK64);
                 st.block_start = now;
             }
-            Strategy::LoadBalance | Strategy::NanoSwitch => {}
+            _ => {}
         }
-        true
+        if known {
+            Marked::Known
+        } else {
+            Marked::New
+        }
     }
 
     pub fn free(&self, addr: IpAddr) {
@@ -341,7 +422,7 @@ impl RoutePlanner {
     }
 
     pub fn failing(&self) -> Vec<IpAddr> {
-        self.state().failing.keys().copied().collect()
+        self.state().failing.by_addr.keys().copied().collect()
     }
 
     /// `GET /v4/routeplanner/status`, in Lavalink's shapes: sizes and indexes as strings,
@@ -350,6 +431,7 @@ impl RoutePlanner {
         let st = self.state();
         let failing: Vec<Value> = st
             .failing
+            .by_addr
             .iter()
             .map(|(addr, &ms)| json!({"failingAddress": java_address(addr), "failingTimestamp": ms, "failingTime": java_date(ms)}))
             .collect();
@@ -376,7 +458,7 @@ impl RoutePlanner {
 }
 
 fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    crate::http::error::now_ms().max(0) as u64
 }
 
 /// A uniform random number below `n` (0 when `n` is 0 or 1).
@@ -443,7 +525,7 @@ mod tests {
         assert_eq!(all[4], Some(ip("10.1.0.8")));
         assert_eq!(all[5], Some(ip("10.1.0.9")));
         assert_eq!(all[6], None);
-        assert!(b.contains(&ip("10.1.0.9")) && !b.contains(&ip("10.1.0.10")));
+        assert_eq!((b.index_of(&ip("10.1.0.9")), b.index_of(&ip("10.1.0.10")), b.index_of(&ip("10.0.0.2"))), (Some(5), None, Some(2)));
         let v6 = IpBlocks::new(vec!["2001:db8::/64".parse().unwrap()]).unwrap();
         assert_eq!(v6.size(), BLOCK64);
         assert_eq!(v6.get(BLOCK64 - 1), Some(ip("2001:db8::ffff:ffff:ffff:ffff")));
@@ -466,6 +548,7 @@ mod tests {
         assert_eq!(RoutePlanner::from_config(Some(&cfg(&["1.2.3.0/24"], &[], "Sideways"))).unwrap_err().0, "lavalink.server.ratelimit.strategy");
         assert!(RoutePlanner::from_config(Some(&cfg(&["1.2.3.0/24"], &[], "NanoSwitch"))).is_err());
         assert!(RoutePlanner::from_config(Some(&cfg(&["2001:db8::/96"], &[], "RotatingNanoSwitch"))).is_err());
+        assert!(RoutePlanner::from_config(Some(&cfg(&["2001:db8::/64", "2001:db9::/96"], &[], "RotatingNanoSwitch"))).is_err());
         let p = RoutePlanner::from_config(Some(&cfg(&["2001:db8::/64"], &[], " rotatingnanoswitch "))).unwrap().unwrap();
         assert_eq!(p.strategy(), Strategy::RotatingNanoSwitch);
     }
@@ -487,7 +570,8 @@ mod tests {
         let first = p.acquire().unwrap();
         assert_eq!(first, ip("10.0.0.0"));
         assert_eq!(p.acquire().unwrap(), first, "no ban, no rotation");
-        assert!(p.mark_failing(first, false));
+        assert_eq!(p.mark_failing(first, false), Marked::New);
+        assert_eq!(p.mark_failing(first, false), Marked::Known);
         // The excluded address is skipped.
         assert_eq!(p.acquire().unwrap(), ip("10.0.0.2"));
         assert_eq!(p.status()["details"]["rotateIndex"], "1");
@@ -527,6 +611,34 @@ mod tests {
     }
 
     #[test]
+    fn rotate_on_ban_walks_a_large_block_without_repeating() {
+        let p = planner(Strategy::RotateOnBan, &["10.0.0.0/24", "10.0.1.0/26"], &[]);
+        let mut seen = HashSet::new();
+        for _ in 0..320 {
+            let a = p.acquire().unwrap();
+            assert!(seen.insert(a), "{a} came twice");
+            p.mark_failing(a, false);
+        }
+        assert!(p.acquire().is_err());
+    }
+
+    #[test]
+    fn the_failing_map_is_bounded_and_sheds_expired_marks() {
+        let p = planner(Strategy::NanoSwitch, &["2001:db8::/64"], &[]);
+        let now = Instant::now();
+        let week = FAILING_FOR.as_millis() as u64;
+        p.mark_failing_at(ip("2001:db8::1"), false, now, 1_000);
+        p.mark_failing_at(ip("2001:db8::2"), false, now, 1_000 + week);
+        assert_eq!(p.failing(), [ip("2001:db8::2")], "the expired mark went");
+        for i in 0..MAX_FAILING as u128 + 10 {
+            p.mark_failing_at(IpAddr::V6((0x2001_0db8_u128 << 96 | (i + 100)).into()), false, now, 2_000 + week + i as u64);
+        }
+        let failing = p.failing();
+        assert_eq!(failing.len(), MAX_FAILING);
+        assert!(!failing.contains(&ip("2001:db8::2")), "the oldest mark went first");
+    }
+
+    #[test]
     fn failing_marks_expire_after_a_week() {
         let p = planner(Strategy::RotateOnBan, &["10.0.0.0/31"], &[]);
         let now = Instant::now();
@@ -559,12 +671,13 @@ mod tests {
     fn searches_mark_only_when_configured() {
         let blocks = IpBlocks::new(vec!["10.0.0.0/30".parse().unwrap()]).unwrap();
         let p = RoutePlanner::new(Strategy::LoadBalance, blocks, HashSet::new(), false, None).unwrap();
-        assert!(p.mark_failing(ip("10.0.0.1"), true));
+        assert_eq!(p.mark_failing(ip("10.0.0.1"), true), Marked::Search);
         assert!(p.failing().is_empty());
         p.mark_failing(ip("10.0.0.1"), false);
         assert_eq!(p.failing(), [ip("10.0.0.1")]);
         // Addresses outside the block are refused.
-        assert!(!p.mark_failing(ip("192.0.2.1"), false));
+        assert_eq!(p.mark_failing(ip("192.0.2.1"), false), Marked::Foreign);
+        assert_eq!(p.failing(), [ip("10.0.0.1")]);
     }
 
     #[test]
@@ -603,8 +716,12 @@ mod tests {
         let second = p.acquire().unwrap();
         assert_eq!(prefix(second), 0x2001_0db8_0000_0001);
         assert_eq!(p.status()["details"]["blockIndex"], "1");
+        // A late report about the first /64 does not skip the second.
+        p.mark_failing(ip("2001:db8::1"), false);
+        assert_eq!(p.status()["details"]["blockIndex"], "1");
         p.mark_failing(second, false);
-        assert_eq!(prefix(p.acquire().unwrap()), 0x2001_0db8_0000_0000, "wraps to the first /64");
+        assert_eq!(p.status()["details"]["blockIndex"], "0", "wraps to the first /64");
+        assert_eq!(prefix(p.acquire().unwrap()), 0x2001_0db8_0000_0000);
         assert_eq!(p.status()["class"], "RotatingNanoIpRoutePlanner");
     }
 

@@ -272,7 +272,8 @@ pub enum ToGateway {
     /// Asks the route planner for a local address for one outbound request; answered with
     /// [`ToWorker::RouteLease`] carrying the same `id`.
     RouteAcquire { id: u64 },
-    /// A request from `address` was rate limited (429) or the address could not be bound.
-    /// `search` says whether the request was a search (`searchTriggersFail`).
-    RouteFailed { address: IpAddr, search: bool },
+    /// The request made with lease `id` was rate limited (429) or its address could not be
+    /// bound. `search` says whether the request was a search (`searchTriggersFail`). Naming the
+    /// lease, not an address, a worker can only report addresses the gateway handed it.
+    RouteFailed { id: u64, search: bool },
 }

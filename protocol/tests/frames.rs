@@ -19,11 +19,15 @@ fn round_trip_every_message() {
         ToGateway::Pong { seq: u64::MAX },
         ToGateway::Resources(ResourceReport { rss_bytes: 1 << 40, cpu_time_ms: 7, threads: 9 }),
         ToGateway::Log { severity: Severity::Error, message: "ünïcødé 🎵".into() },
+        ToGateway::RouteAcquire { id: 3 },
+        ToGateway::RouteFailed { id: 3, search: true },
     ];
     let to_worker = vec![
         ToWorker::Hello(GatewayHello { protocol_version: 1, build_id: "x".into(), worker_id: 0, pid: 1 }),
         ToWorker::Ping { seq: 0 },
         ToWorker::Shutdown { reason: String::new() },
+        ToWorker::RouteLease { id: 3, address: Ok("2001:db8::1".parse().unwrap()) },
+        ToWorker::RouteLease { id: 4, address: Err("Can't find a free ip".into()) },
     ];
     let mut stream = Vec::new();
     for m in &to_gateway {
@@ -99,6 +103,7 @@ fn garbage_and_trailing_bytes_are_errors() {
     assert!(read_frame::<ToGateway>(&mut &bad[..], MAX_FRAME_LEN).is_err());
 }
 
+#[cfg(feature = "tokio")]
 #[tokio::test]
 async fn async_halves_round_trip() {
     use caldera_protocol::channel::{FrameReader, FrameWriter};

@@ -94,6 +94,11 @@ impl TestServer {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// The client address of each request for `path`, in order.
+    pub fn peers(&self, path: &str) -> Vec<IpAddr> {
+        self.hits(path).iter().map(|h| h.peer).collect()
+    }
+
     pub fn hits(&self, path: &str) -> Vec<Hit> {
         self.hits.lock().unwrap().iter().filter(|h| h.path == path).cloned().collect()
     }

@@ -25,10 +25,6 @@ fn node_with(ratelimit_yaml: &str) -> Node {
     Node::start_with(NodeOptions { yaml: format!("lavalink:\n  server:\n{ratelimit_yaml}"), workers: 1, ..Default::default() })
 }
 
-fn peers(server: &TestServer, path: &str) -> Vec<IpAddr> {
-    server.hits(path).iter().map(|h| h.peer).collect()
-}
-
 fn status(node: &Node) -> Value {
     let res = node.get("/v4/routeplanner/status");
     assert_eq!(res.status(), 200);
@@ -55,7 +51,7 @@ fn rotate_on_ban_moves_off_rate_limited_addresses_for_loads_and_playback() {
     assert_eq!(loaded["loadType"], "track", "{loaded}");
     // 127.0.0.0 is rate limited, 127.0.0.1 excluded, 127.0.0.2 rate limited: the probe got
     // through from 127.0.0.3, and stays there.
-    let seen = peers(&rig.media, "/a.wav");
+    let seen = rig.media.peers("/a.wav");
     assert_eq!(seen[..3], [ip("127.0.0.0"), ip("127.0.0.2"), ip("127.0.0.3")], "{seen:?}");
     assert!(seen[3..].iter().all(|p| *p == ip("127.0.0.3")), "{seen:?}");
 
@@ -77,7 +73,7 @@ fn rotate_on_ban_moves_off_rate_limited_addresses_for_loads_and_playback() {
     let conn = rig.voice.wait_connection(7001, Duration::from_secs(10));
     assert!(conn.wait_packets(100, Duration::from_secs(10)));
     assert_clean_tone(&conn.audio(), 440.0, 100, "played through the route planner");
-    let stream_peers = peers(&rig.media, "/a.wav");
+    let stream_peers = rig.media.peers("/a.wav");
     assert!(stream_peers.len() > hits_before, "playback fetched the file");
     assert!(stream_peers[hits_before..].iter().all(|p| *p == ip("127.0.0.3")), "{stream_peers:?}");
 
@@ -99,7 +95,7 @@ fn rotate_on_ban_moves_off_rate_limited_addresses_for_loads_and_playback() {
     let refused = rig.node.load(&rig.media.url("/b.wav"));
     assert_eq!(refused["loadType"], "error", "{refused}");
     assert_eq!(refused["data"]["message"], "Retry aborted, too many retries on ratelimit.");
-    let tried = peers(&rig.media, "/b.wav");
+    let tried = rig.media.peers("/b.wav");
     assert_eq!(tried.len(), 5, "{tried:?}");
     assert_eq!(tried.iter().collect::<BTreeSet<_>>().len(), 5, "each attempt from another address: {tried:?}");
     assert!(!tried.contains(&ip("127.0.0.1")));
@@ -123,7 +119,7 @@ fn load_balance_spreads_requests_and_skips_failing_addresses() {
         assert_eq!(node.load(&media.url("/t.wav"))["loadType"], "track");
     }
     let mut spread: BTreeMap<IpAddr, usize> = BTreeMap::new();
-    for p in peers(&media, "/t.wav") {
+    for p in media.peers("/t.wav") {
         *spread.entry(p).or_default() += 1;
     }
     let block: ipnet::IpNet = "127.0.0.0/28".parse().unwrap();
@@ -137,17 +133,17 @@ fn load_balance_spreads_requests_and_skips_failing_addresses() {
     let mut limited_hits = 0;
     for _ in 0..200 {
         assert_eq!(node.load(&media.url("/t.wav"))["loadType"], "track");
-        limited_hits = peers(&media, "/t.wav").iter().filter(|p| **p == ip("127.0.0.5")).count() - spread.get(&ip("127.0.0.5")).copied().unwrap_or(0);
+        limited_hits = media.peers("/t.wav").iter().filter(|p| **p == ip("127.0.0.5")).count() - spread.get(&ip("127.0.0.5")).copied().unwrap_or(0);
         if limited_hits > 0 {
             break;
         }
     }
     assert_eq!(limited_hits, 1);
-    let before = peers(&media, "/t.wav").len();
-    for _ in 0..30 {
+    let before = media.peers("/t.wav").len();
+    for _ in 0..100 {
         assert_eq!(node.load(&media.url("/t.wav"))["loadType"], "track");
     }
-    assert!(!peers(&media, "/t.wav")[before..].contains(&ip("127.0.0.5")));
+    assert!(!media.peers("/t.wav")[before..].contains(&ip("127.0.0.5")));
     let s = status(&node);
     assert_eq!(s["class"], "BalancingIpRoutePlanner");
     assert_eq!(s["details"].as_object().unwrap().keys().collect::<Vec<_>>(), ["failingAddresses", "ipBlock"]);
@@ -163,7 +159,7 @@ fn retry_limits_bound_the_attempts() {
     let node = node_with(&ratelimit("RotateOnBan", "      retryLimit: 2\n"));
     let result = node.load(&media.url("/t.wav"));
     assert_eq!(result["data"]["message"], "Retry aborted, too many retries on ratelimit.", "{result}");
-    assert_eq!(peers(&media, "/t.wav").len(), 3);
+    assert_eq!(media.peers("/t.wav").len(), 3);
     drop(node);
 
     // retryLimit 0 (unlimited): every usable address is tried once, then the block is exhausted.
@@ -173,7 +169,7 @@ fn retry_limits_bound_the_attempts() {
     let result = node.load(&media.url("/t.wav"));
     assert_eq!(result["loadType"], "error", "{result}");
     assert_eq!(result["data"]["message"], "No outbound address is free to make the request from.", "{result}");
-    let tried = peers(&media, "/t.wav");
+    let tried = media.peers("/t.wav");
     assert_eq!(tried.len(), 15, "{tried:?}");
     assert_eq!(tried.iter().collect::<BTreeSet<_>>().len(), 15);
     assert_eq!(failing(&status(&node)).len(), 15);
@@ -201,7 +197,7 @@ fn without_a_planner_status_is_204_and_freeing_is_500() {
     let media = TestServer::start();
     media.route("/t.wav", Route::file(sine_wav(440.0, 0.5, 48_000, 2, 0.5), "audio/wav"));
     assert_eq!(node.load(&media.url("/t.wav"))["loadType"], "track");
-    assert_eq!(peers(&media, "/t.wav")[0], ip("127.0.0.1"));
+    assert_eq!(media.peers("/t.wav")[0], ip("127.0.0.1"));
 }
 
 #[test]

@@ -74,10 +74,6 @@ fn media() -> TestServer {
     media
 }
 
-fn peers(media: &TestServer) -> Vec<IpAddr> {
-    media.hits("/t.wav").iter().map(|h| h.peer).collect()
-}
-
 fn status(node: &Node) -> serde_json::Value {
     node.get("/v4/routeplanner/status").json().unwrap()
 }
@@ -90,7 +86,7 @@ fn nano_switch_sends_each_request_from_a_new_address_of_the_64() {
     for _ in 0..20 {
         assert_eq!(node.load(&media.url("/t.wav"))["loadType"], "track");
     }
-    let seen = peers(&media);
+    let seen = media.peers("/t.wav");
     assert!(seen.len() >= 20);
     assert!(seen.iter().all(|p| in_block(p, BLOCK0)), "{seen:?}");
     let distinct: BTreeSet<_> = seen.iter().collect();
@@ -98,6 +94,12 @@ fn nano_switch_sends_each_request_from_a_new_address_of_the_64() {
     let s = status(&node);
     assert_eq!(s["class"], "NanoIpRoutePlanner");
     assert_eq!(s["details"]["ipBlock"], serde_json::json!({"type": "Inet6Address", "size": "18446744073709551616"}));
+    // A host without an IPv6 address is fetched unbalanced, as Lavaplayer does.
+    let v4_media = TestServer::start_on("127.0.0.1:0");
+    v4_media.route("/t.wav", Route::file(sine_wav(440.0, 0.5, 48_000, 2, 0.5), "audio/wav"));
+    assert_eq!(node.load(&v4_media.url("/t.wav"))["loadType"], "track");
+    assert_eq!(v4_media.peers("/t.wav")[0], "127.0.0.1".parse::<IpAddr>().unwrap());
+    assert!(node.logs.wait_for("no address of the route planner's family", Duration::from_secs(2)).is_some());
     let index = |s: &serde_json::Value| s["details"]["currentAddressIndex"].as_str().unwrap().parse::<u64>().unwrap();
     let first = index(&s);
     std::thread::sleep(Duration::from_millis(5));
@@ -111,7 +113,7 @@ fn rotating_nano_switch_moves_to_the_next_64_when_rate_limited() {
     media.rate_limit(|p| in_block(&p, BLOCK0));
     let node = node("      ipBlocks: [\"2001:db8:ca1d::/63\"]\n      strategy: RotatingNanoSwitch\n");
     assert_eq!(node.load(&media.url("/t.wav"))["loadType"], "track");
-    let seen = peers(&media);
+    let seen = media.peers("/t.wav");
     assert!(in_block(&seen[0], BLOCK0), "{seen:?}");
     assert!(seen[1..].iter().all(|p| in_block(p, BLOCK1)), "{seen:?}");
     let s = status(&node);
@@ -125,7 +127,7 @@ fn rotating_nano_switch_moves_to_the_next_64_when_rate_limited() {
     for _ in 0..5 {
         assert_eq!(node.load(&media.url("/t.wav"))["loadType"], "track");
     }
-    let later = peers(&media)[seen.len()..].to_vec();
+    let later = media.peers("/t.wav")[seen.len()..].to_vec();
     assert!(later.iter().all(|p| in_block(p, BLOCK1)), "{later:?}");
     assert_eq!(later.iter().collect::<BTreeSet<_>>().len(), later.len(), "{later:?}");
 }

@@ -2,7 +2,7 @@
 //! worker), so each outbound source request asks it for a local address over the IPC and waits
 //! for the lease. Called from blocking threads (loads, decoders), never from async tasks.
 
-use crate::sources::http::{Outbound, Planner};
+use crate::sources::http::{Lease, NoLease, Outbound, Planner};
 use caldera_protocol::{RoutePlanning, ToGateway};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -40,20 +40,23 @@ impl Routes {
 }
 
 impl Planner for Routes {
-    fn acquire(&self) -> Result<IpAddr, String> {
+    fn acquire(&self) -> Result<Lease, NoLease> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = std_mpsc::sync_channel(1);
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
         let answer = match self.out.blocking_send(ToGateway::RouteAcquire { id }) {
-            Ok(()) => rx.recv_timeout(LEASE_TIMEOUT).map_err(|_| "the gateway did not hand out an address in time".to_string()),
-            Err(_) => Err("the gateway connection is closed".to_string()),
+            Ok(()) => rx
+                .recv_timeout(LEASE_TIMEOUT)
+                .map_err(|_| NoLease::Unavailable("the gateway did not answer in time".into()))
+                .and_then(|a| a.map_err(NoLease::Exhausted)),
+            Err(_) => Err(NoLease::Unavailable("the gateway connection is closed".into())),
         };
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-        answer?
+        answer.map(|address| Lease { id, address })
     }
 
-    fn failed(&self, address: IpAddr) {
+    fn failed(&self, lease: Lease) {
         // No Caldera source searches yet, so no failure is a search failure.
-        let _ = self.out.blocking_send(ToGateway::RouteFailed { address, search: false });
+        let _ = self.out.blocking_send(ToGateway::RouteFailed { id: lease.id, search: false });
     }
 }

@@ -441,9 +441,11 @@ impl Player {
         let Some(track) = &self.track else { return self.state.position_ms };
         let mut position = self.state.position_ms;
         if !self.paused {
-            let elapsed = (now_ms - self.state.time_ms).clamp(0, report_every_ms as i64) as f64;
+            // The report's figures come from the worker: bounded, never trusted to be sane.
+            let elapsed = now_ms.saturating_sub(self.state.time_ms).clamp(0, report_every_ms as i64) as f64;
             let speed = self.filters_parsed.timescale.map_or(1.0, |t| t.speed * t.rate);
-            position += (elapsed * speed) as u64;
+            let speed = if speed.is_finite() { speed.clamp(0.0, 100.0) } else { 1.0 };
+            position = position.saturating_add((elapsed * speed) as u64);
         }
         if !track.data.info.is_stream {
             position = position.min(track.data.info.length);
@@ -551,5 +553,8 @@ mod tests {
         assert_eq!(ending.position_at_loss(1_000_700, 5_000), 60_000, "within the track");
         ending.end_time = Some(59_950);
         assert_eq!(ending.position_at_loss(1_000_700, 5_000), 59_950, "within the end time");
+        let mut hostile = playing(u64::MAX - 5, i64::MIN, u64::MAX);
+        hostile.filters_parsed.timescale = Some(Timescale { speed: f64::MAX, pitch: 1.0, rate: f64::MAX });
+        assert_eq!(hostile.position_at_loss(i64::MAX, 5_000), u64::MAX);
     }
 }

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use crate::routeplanner::Marked;
+use tracing::{debug, error, info, warn};
 
 /// How long a worker may take to exit after `Shutdown` before it is killed.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -324,6 +325,7 @@ async fn read_loop(
     ipc: Arc<IpcCounters>,
 ) -> String {
     use std::sync::atomic::Ordering;
+    let mut leases = Leases::default();
     loop {
         let msg = match reader.recv().await {
             Ok(Some(m)) => {
@@ -376,18 +378,42 @@ async fn read_loop(
                     Some(planner) => planner.acquire(),
                     None => Err("no route planner is configured".into()),
                 };
-                if let Err(why) = &address {
-                    warn!(worker = id, "route planner: {why}");
+                match &address {
+                    Ok(a) => leases.grant(request, *a),
+                    Err(why) => debug!(worker = id, "route planner: {why}"),
                 }
                 shared.send(id, ToWorker::RouteLease { id: request, address });
             }
-            ToGateway::RouteFailed { address, search } => match &shared.config.route_planner {
-                Some(planner) if planner.mark_failing(address, search) => {
+            ToGateway::RouteFailed { id: request, search } => {
+                let (Some(planner), Some(address)) = (&shared.config.route_planner, leases.take(request)) else {
+                    debug!(worker = id, request, "worker reported a failure for a lease it does not hold; ignored");
+                    continue;
+                };
+                if planner.mark_failing(address, search) == Marked::New {
                     warn!(worker = id, %address, search, "route planner: address rate limited or not bindable, marked failing");
                 }
-                _ => warn!(worker = id, %address, "worker reported a failing address outside the route planner's blocks; ignored"),
-            },
+            }
         }
+    }
+}
+
+/// Addresses the route planner handed this worker process, by lease id, so the worker can only
+/// report addresses it was given. Bounded: the oldest leases are forgotten first.
+#[derive(Default)]
+struct Leases(std::collections::BTreeMap<u64, std::net::IpAddr>);
+
+impl Leases {
+    const MAX: usize = 1024;
+
+    fn grant(&mut self, id: u64, address: std::net::IpAddr) {
+        self.0.insert(id, address);
+        while self.0.len() > Self::MAX {
+            self.0.pop_first();
+        }
+    }
+
+    fn take(&mut self, id: u64) -> Option<std::net::IpAddr> {
+        self.0.remove(&id)
     }
 }
 

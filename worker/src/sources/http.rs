@@ -11,7 +11,7 @@
 
 use super::LoadFailure;
 use std::io::{self, Read, Seek, SeekFrom};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,11 +38,27 @@ impl ResponseMeta {
     }
 }
 
+/// A local address the planner handed out for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub id: u64,
+    pub address: IpAddr,
+}
+
+/// Why no address could be had.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoLease {
+    /// Every address of the block is failing or excluded.
+    Exhausted(String),
+    /// The planner did not answer (the gateway is gone or overloaded).
+    Unavailable(String),
+}
+
 /// Hands out the local addresses outbound requests leave from (the gateway's route planner).
 pub trait Planner: Send + Sync {
-    fn acquire(&self) -> Result<IpAddr, String>;
-    /// A request from `address` was rate limited, or the address could not be bound.
-    fn failed(&self, address: IpAddr);
+    fn acquire(&self) -> Result<Lease, NoLease>;
+    /// The request made with `lease` was rate limited, or its address could not be bound.
+    fn failed(&self, lease: Lease);
 }
 
 /// A route planner, and how many times a request may be retried on another address after a
@@ -62,7 +78,6 @@ fn client(timeout: Duration, local: Option<IpAddr>) -> Result<reqwest::blocking:
         .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
         .connect_timeout(Duration::from_secs(10))
         .timeout(timeout)
-        // Used for destinations of the address's family; others connect unbound (as Lavaplayer).
         .local_address(local)
         .build()
         .map_err(|e| LoadFailure::fault("Could not create an HTTP client.", e.to_string()))
@@ -82,9 +97,18 @@ fn is_bind_error(e: &reqwest::Error) -> bool {
     false
 }
 
-/// Whether a connection to `remote` was bound to `local` (only same-family addresses are).
-fn bound_to(remote: Option<SocketAddr>, local: IpAddr) -> bool {
-    remote.is_none_or(|r| r.is_ipv4() == local.is_ipv4())
+/// Whether `url`'s host has an address of `local`'s family. A connection bound to `local` can
+/// reach only those; a host with none is fetched unbound, as Lavaplayer falls back for a host
+/// without AAAA records. When the host does not resolve, the request itself reports it.
+fn reachable_from(url: &str, local: IpAddr) -> bool {
+    let Some((host, port)) = url::Url::parse(url).ok().and_then(|u| Some((u.host_str()?.trim_matches(['[', ']']).to_string(), u.port_or_known_default()?)))
+    else {
+        return true;
+    };
+    match (host.as_str(), port).to_socket_addrs() {
+        Ok(mut addrs) => addrs.any(|a: SocketAddr| a.is_ipv4() == local.is_ipv4()),
+        Err(_) => true,
+    }
 }
 
 /// Sends `GET url`, from planner-chosen addresses when there is a planner: a rate-limited or
@@ -97,26 +121,33 @@ fn get(
     let deadline = Instant::now() + timeout.min(MAX_RETRY_TIME);
     let mut failed = 0u32;
     loop {
-        let local = outbound
-            .map(|o| o.planner.acquire())
-            .transpose()
-            .map_err(|why| LoadFailure::suspicious("No outbound address is free to make the request from.", format!("{url}: {why}")))?;
-        let client = client(timeout, local)?;
+        let lease = outbound.map(|o| o.planner.acquire()).transpose().map_err(|no| match no {
+            NoLease::Exhausted(why) => LoadFailure::suspicious("No outbound address is free to make the request from.", format!("{url}: {why}")),
+            NoLease::Unavailable(why) => LoadFailure::fault("The route planner did not hand out an address.", format!("{url}: {why}")),
+        })?;
+        let lease = lease.filter(|l| {
+            let reachable = reachable_from(url, l.address);
+            if !reachable {
+                tracing::warn!(%url, local = %l.address, "the host has no address of the route planner's family; fetching it unbalanced");
+            }
+            reachable
+        });
+        let client = client(timeout, lease.map(|l| l.address))?;
         let sent = client.get(url).header("Icy-MetaData", "1").send();
-        let rejected = local.filter(|&local| match &sent {
-            Ok(res) => res.status() == reqwest::StatusCode::TOO_MANY_REQUESTS && bound_to(res.remote_addr(), local),
+        let rejected = lease.filter(|_| match &sent {
+            Ok(res) => res.status() == reqwest::StatusCode::TOO_MANY_REQUESTS,
             Err(e) => is_bind_error(e),
         });
-        let (Some(local), Some(outbound)) = (rejected, outbound) else {
+        let (Some(lease), Some(outbound)) = (rejected, outbound) else {
             let res = sent.map_err(|e| LoadFailure::connect(url, &e))?;
             return Ok((client, res));
         };
-        outbound.planner.failed(local);
+        outbound.planner.failed(lease);
         failed += 1;
         if outbound.retry_limit.is_some_and(|limit| failed > limit) || Instant::now() >= deadline {
             return Err(LoadFailure::suspicious(
                 "Retry aborted, too many retries on ratelimit.",
-                format!("{url}: {failed} attempts were rate limited or could not bind, the last from {local}"),
+                format!("{url}: {failed} attempts were rate limited or could not bind, the last from {}", lease.address),
             ));
         }
     }
