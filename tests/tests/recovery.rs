@@ -51,6 +51,12 @@ fn players_of_a_killed_worker_are_restored_elsewhere() {
     assert!(rig.session.closed().is_none());
     let moved = rig.node.logs.wait_for("player restored on another worker", Duration::from_secs(1)).unwrap();
     assert!(moved.contains(&format!("to={b}")), "{moved}");
+    // The killed worker's slot is back and still says why its predecessor ended.
+    let slot = caldera_tests::eventually(Duration::from_secs(10), "the killed worker's replacement", || {
+        let workers: serde_json::Value = rig.node.get("/v4/caldera/workers").json().ok()?;
+        workers["workers"].as_array()?.iter().find(|w| w["id"] == a && w["state"] == "ready").cloned()
+    });
+    assert_eq!((&slot["restarts"], &slot["lastExit"]), (&json!(1), &json!("killed by SIGKILL")), "{slot}");
 }
 
 #[test]
