@@ -234,6 +234,7 @@ async fn serve(
         s.missed_pings = 0;
         s.ipc = ipc.clone();
     });
+    let _ = shared.player_events.send(super::WorkerEvent::Ready { worker: id });
 
     let pings = Arc::new(Mutex::new(PingState {
         sent_seq: 0,
