@@ -81,6 +81,7 @@ pub async fn run(loaded: Loaded) -> Result<(), GatewayError> {
                 match event {
                     supervisor::WorkerEvent::Player { worker, player, event } => registry.on_event(worker, player, event),
                     supervisor::WorkerEvent::Lost { worker } => registry.on_worker_lost(worker),
+                    supervisor::WorkerEvent::Ready { worker } => registry.on_worker_ready(worker),
                 }
             }
         })

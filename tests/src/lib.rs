@@ -71,6 +71,11 @@ impl Logs {
         self.lines.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
     }
 
+    /// Every line so far containing `needle`.
+    pub fn lines_containing(&self, needle: &str) -> Vec<String> {
+        self.lines.lock().unwrap().iter().filter(|l| l.contains(needle)).cloned().collect()
+    }
+
     /// Waits until at least `n` lines contain `needle`.
     pub fn wait_count(&self, needle: &str, n: usize, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;

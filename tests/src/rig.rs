@@ -4,6 +4,7 @@ use crate::client::Session;
 use crate::http_server::{Route, TestServer};
 use crate::voice::{Audio, VoiceServer};
 use crate::{Node, NodeOptions};
+use caldera_protocol::{TrackData, TrackInfo};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -21,12 +22,20 @@ pub fn rig(workers: usize) -> Rig {
 }
 
 pub fn rig_with(workers: usize, lavalink_server_yaml: &str) -> Rig {
+    rig_configured(workers, lavalink_server_yaml, "")
+}
+
+/// A rig with extra `lavalink.server` lines and extra `caldera` lines (each indented for its
+/// section, e.g. `"  worker:\n    memoryLimit: 128M\n"`).
+pub fn rig_configured(workers: usize, lavalink_server_yaml: &str, caldera_yaml: &str) -> Rig {
     let voice = VoiceServer::start();
     let media = TestServer::start();
     let node = Node::start_with(NodeOptions {
         workers,
         env: vec![("SSL_CERT_FILE".into(), voice.ca_file().display().to_string())],
-        yaml: format!("lavalink:\n  server:\n    playerUpdateInterval: 1\n{lavalink_server_yaml}caldera:\n  workers: {workers}\n"),
+        yaml: format!(
+            "lavalink:\n  server:\n    playerUpdateInterval: 1\n{lavalink_server_yaml}caldera:\n  workers: {workers}\n{caldera_yaml}"
+        ),
         ..Default::default()
     });
     let session = Session::connect(&node);
@@ -46,6 +55,29 @@ impl Rig {
             b.extend(e);
         }
         let (status, player) = self.session.patch(guild, body);
+        assert_eq!(status, 200, "{player}");
+        player
+    }
+
+    /// Serves `bytes` at `path` and plays them in `guild` as an encoded track built here, the
+    /// way a client holding a track plays it: the node does not probe it first.
+    pub fn play_encoded(&self, guild: u64, path: &str, bytes: Vec<u8>, probe_info: &str) -> Value {
+        self.media.route(path, Route::file(bytes, "application/octet-stream"));
+        let url = self.media.url(path);
+        let info = TrackInfo {
+            title: path.trim_start_matches('/').into(),
+            author: "caldera-tests".into(),
+            length: 60_000,
+            identifier: url.clone(),
+            is_stream: false,
+            uri: Some(url),
+            artwork_url: None,
+            isrc: None,
+            source_name: "http".into(),
+            position: 0,
+        };
+        let encoded = TrackData::with_probe_info(info, probe_info).and_then(|t| t.encode()).expect("encode track");
+        let (status, player) = self.session.patch(guild, json!({"voice": self.voice_state(guild), "track": {"encoded": encoded}}));
         assert_eq!(status, 200, "{player}");
         player
     }

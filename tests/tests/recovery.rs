@@ -55,6 +55,12 @@ fn players_of_a_killed_worker_are_restored_elsewhere() {
     // report interval is 1 s here), not back at the last report.
     let restored_at: u64 = moved.split("position_ms=").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse().ok()).expect("position in the log");
     assert!((position_before..=position_before + 2500).contains(&restored_at), "{position_before} → {restored_at}");
+    // The killed worker's slot is back and still says why its predecessor ended.
+    let slot = caldera_tests::eventually(Duration::from_secs(10), "the killed worker's replacement", || {
+        let workers: serde_json::Value = rig.node.get("/v4/caldera/workers").json().ok()?;
+        workers["workers"].as_array()?.iter().find(|w| w["id"] == a && w["state"] == "ready").cloned()
+    });
+    assert_eq!((&slot["restarts"], &slot["lastExit"]), (&json!(1), &json!("killed by SIGKILL")), "{slot}");
 }
 
 #[test]
@@ -82,4 +88,28 @@ fn a_track_that_crashes_two_workers_is_quarantined() {
     assert_eq!(end["reason"], "loadFailed");
     let (_, player) = rig.session.get_player(6101);
     assert!(player["track"].is_null(), "{player}");
+}
+
+#[test]
+fn players_of_the_only_worker_come_back_with_its_replacement() {
+    // No healthy worker to move to: the players wait for the respawned worker.
+    let rig = rig(1);
+    rig.play(6201, "/solo.wav", sine_wav(440.0, 30.0, 48_000, 2, 0.5), json!({"volume": 70}));
+    assert!(rig.voice.wait_connection(6201, Duration::from_secs(10)).wait_packets(50, Duration::from_secs(10)));
+    std::thread::sleep(Duration::from_millis(1200)); // a playerUpdate with a position
+    let (_, before) = rig.session.get_player(6201);
+    let position_before = before["state"]["position"].as_u64().unwrap();
+    let pid = rig.worker_pid(0);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+
+    let conns = rig.voice.wait_connections(6201, 2, Duration::from_secs(10));
+    assert!(conns[1].wait_packets(25, Duration::from_secs(10)), "no audio from the respawned worker");
+    assert!((conns[1].audio().non_silent().dominant_frequency() - 440.0).abs() < 9.0);
+    assert!(rig.node.logs.wait_for("stranded player restored", Duration::from_secs(1)).is_some());
+    assert_ne!(rig.worker_pid(0), pid);
+    let (_, after) = rig.session.get_player(6201);
+    assert_eq!(after["volume"], 70);
+    assert!(after["state"]["position"].as_u64().unwrap() >= position_before, "{after}");
+    let starts = rig.session.messages().iter().filter(|m| m["type"] == "TrackStartEvent").count();
+    assert_eq!(starts, 1, "TrackStart repeated after the restore");
 }

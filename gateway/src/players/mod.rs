@@ -59,6 +59,9 @@ pub struct Player {
     pub crashed_with: Option<u64>,
     /// A track restored on a new worker: its repeated TrackStart is not sent again.
     pub restored_seq: Option<u64>,
+    /// Its worker died while no healthy worker could take it: `worker` is stale, updates only
+    /// change this registry, and the next ready worker (or update finding one) restores it.
+    pub stranded: bool,
     /// Since when tracks have played back to back (switches under 100 ms keep it), for
     /// frameStats usability (lavalink-internals §4.4).
     pub playing_since: Option<std::time::Instant>,
@@ -197,10 +200,20 @@ impl Registry {
                 let s = st.sessions.get_mut(session).ok_or(PlayerError::SessionNotFound)?;
                 s.players.insert(guild, Player::new(id, worker, guild));
             }
+            let stranded = st.sessions.get(session).and_then(|s| s.players.get(&guild)).is_some_and(|p| p.stranded);
+            let load = if stranded { self.worker_load(&st.sessions, None) } else { HashMap::new() };
             let s = st.sessions.get_mut(session).ok_or(PlayerError::SessionNotFound)?;
+            let user_id = s.user_id;
             let p = s.players.get_mut(&guild).ok_or(PlayerError::PlayerNotFound)?;
-            for c in update.apply_to(p, &self.next_track) {
-                commands.push((p.worker, p.id, c));
+            let updates = update.apply_to(p, &self.next_track);
+            if p.stranded {
+                // Its worker is gone: the update is recorded, and restoring sends all of it.
+                if let Some(target) = self.least_loaded(&load) {
+                    commands.extend(restore(p, target, user_id));
+                    info!(guild = p.guild_id, to = target, "stranded player restored on an update");
+                }
+            } else {
+                commands.extend(updates.into_iter().map(|c| (p.worker, p.id, c)));
             }
             player_json(p)
         };
@@ -221,7 +234,7 @@ impl Registry {
     fn worker_load(&self, sessions: &HashMap<String, Session>, except: Option<u32>) -> HashMap<u32, usize> {
         let mut load: HashMap<u32, usize> =
             self.supervisor.ready_workers().into_iter().filter(|w| Some(*w) != except).map(|w| (w, 0)).collect();
-        for p in sessions.values().flat_map(|s| s.players.values()) {
+        for p in sessions.values().flat_map(|s| s.players.values()).filter(|p| !p.stranded) {
             if let Some(n) = load.get_mut(&p.worker) {
                 *n += 1;
             }
@@ -238,7 +251,7 @@ impl Registry {
     pub fn worker_figures(&self) -> HashMap<u32, WorkerFigures> {
         let st = self.lock();
         let mut figures: HashMap<u32, WorkerFigures> = HashMap::new();
-        for p in st.sessions.values().flat_map(|s| s.players.values()) {
+        for p in st.sessions.values().flat_map(|s| s.players.values()).filter(|p| !p.stranded) {
             let f = figures.entry(p.worker).or_default();
             f.players += 1;
             f.playing += usize::from(p.track.is_some() && !p.paused);
@@ -281,10 +294,12 @@ impl Registry {
     }
 
     /// A worker died: its players are re-created on healthy workers from the registry (same
-    /// voice state, track at the last reported position, volume, filters, paused, end time) —
+    /// voice state, the track where it was when the worker went away, volume, filters, paused,
+    /// end time) —
     /// unless the same track was playing in that player's previous crash too: then it is
     /// quarantined (TrackException `fault` + TrackEnd `loadFailed`) instead of crashing a third
     /// worker. For frameStats the lost minute counts as deficit, not as missing data (§4.4).
+    /// Players no healthy worker can take are stranded until one is ready ([`Self::on_worker_ready`]).
     pub fn on_worker_lost(&self, worker: u32) {
         let mut commands: Vec<(u32, u64, PlayerCommand)> = Vec::new();
         let mut guard = self.lock();
@@ -295,7 +310,7 @@ impl Registry {
         let mut load = self.worker_load(&st.sessions, Some(worker));
         for session in st.sessions.values_mut() {
             let user_id = session.user_id;
-            for p in session.players.values_mut().filter(|p| p.worker == worker) {
+            for p in session.players.values_mut().filter(|p| p.worker == worker && !p.stranded) {
                 p.frames = Some((now, 0, 0, p.played_last_minute(now)));
                 p.state.connected = false;
                 p.state.ping_ms = -1;
@@ -312,39 +327,43 @@ impl Registry {
                     warn!(guild = p.guild_id, "track quarantined after crashing two workers");
                 }
                 p.crashed_with = p.track.as_ref().map(|t| t.seq);
+                p.state.position_ms = p.position_at_loss(now_ms, report_every_ms);
+                p.state.time_ms = now_ms;
                 let Some(target) = self.least_loaded(&load) else {
-                    warn!(guild = p.guild_id, "no healthy worker to restore the player on");
+                    p.stranded = true;
+                    warn!(guild = p.guild_id, "no healthy worker to restore the player on; it waits for one");
                     continue;
                 };
                 *load.get_mut(&target).expect("listed") += 1;
-                p.worker = target;
-                commands.push((target, p.id, PlayerCommand::Create { guild_id: p.guild_id, user_id }));
-                if let Some(v) = &p.voice {
-                    commands.push((target, p.id, PlayerCommand::Voice(caldera_protocol::VoiceServer {
-                        token: v.token.clone(),
-                        endpoint: v.endpoint.clone(),
-                        session_id: v.session_id.clone(),
-                        channel_id: v.channel_id.parse().unwrap_or(0),
-                    })));
-                }
-                commands.push((target, p.id, PlayerCommand::Volume(p.volume)));
-                commands.push((target, p.id, PlayerCommand::Filters(p.filters_parsed.clone())));
-                p.state.position_ms = p.position_at_loss(now_ms, report_every_ms);
-                p.state.time_ms = now_ms;
-                if let Some(t) = &p.track {
-                    p.restored_seq = Some(t.seq);
-                    commands.push((target, p.id, PlayerCommand::Play {
-                        track_seq: t.seq,
-                        track: t.data.clone(),
-                        start_ms: p.state.position_ms,
-                        end_ms: p.end_time,
-                        paused: p.paused,
-                    }));
-                }
+                commands.extend(restore(p, target, user_id));
                 info!(guild = p.guild_id, from = worker, to = target, position_ms = p.state.position_ms, "player restored on another worker");
             }
         }
         drop(guard);
+        self.send_restoring(commands);
+    }
+
+    /// A worker is ready (started or respawned): stranded players are restored on the least
+    /// busy ready workers.
+    pub fn on_worker_ready(&self, worker: u32) {
+        let mut commands: Vec<(u32, u64, PlayerCommand)> = Vec::new();
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let mut load = self.worker_load(&st.sessions, None);
+        for session in st.sessions.values_mut() {
+            let user_id = session.user_id;
+            for p in session.players.values_mut().filter(|p| p.stranded) {
+                let Some(target) = self.least_loaded(&load) else { break };
+                *load.get_mut(&target).expect("listed") += 1;
+                commands.extend(restore(p, target, user_id));
+                info!(guild = p.guild_id, ready = worker, to = target, position_ms = p.state.position_ms, "stranded player restored");
+            }
+        }
+        drop(guard);
+        self.send_restoring(commands);
+    }
+
+    fn send_restoring(&self, commands: Vec<(u32, u64, PlayerCommand)>) {
         for (worker, player, command) in commands {
             if !self.supervisor.send(worker, ToWorker::Player { player, command }) {
                 warn!(worker, player, "could not reach the worker restoring a player");
@@ -468,12 +487,44 @@ impl Player {
             filters_parsed: caldera_protocol::Filters::default(),
             crashed_with: None,
             restored_seq: None,
+            stranded: false,
             playing_since: None,
             last_track_end: None,
             frames: None,
             state: PlayerState { time_ms: crate::http::error::now_ms(), position_ms: 0, connected: false, ping_ms: -1 },
         }
     }
+}
+
+/// Moves a player to `target` and returns the commands that re-create it there from the
+/// registry: voice, volume, filters and the current track at its last position. The repeated
+/// TrackStart of the track that was playing at the crash is not sent again; a track set while
+/// the player was stranded starts for real.
+fn restore(p: &mut Player, target: u32, user_id: u64) -> Vec<(u32, u64, PlayerCommand)> {
+    p.worker = target;
+    p.stranded = false;
+    let mut commands = vec![PlayerCommand::Create { guild_id: p.guild_id, user_id }];
+    if let Some(v) = &p.voice {
+        commands.push(PlayerCommand::Voice(caldera_protocol::VoiceServer {
+            token: v.token.clone(),
+            endpoint: v.endpoint.clone(),
+            session_id: v.session_id.clone(),
+            channel_id: v.channel_id.parse().unwrap_or(0),
+        }));
+    }
+    commands.push(PlayerCommand::Volume(p.volume));
+    commands.push(PlayerCommand::Filters(p.filters_parsed.clone()));
+    if let Some(t) = &p.track {
+        p.restored_seq = (p.crashed_with == Some(t.seq)).then_some(t.seq);
+        commands.push(PlayerCommand::Play {
+            track_seq: t.seq,
+            track: t.data.clone(),
+            start_ms: p.state.position_ms,
+            end_ms: p.end_time,
+            paused: p.paused,
+        });
+    }
+    commands.into_iter().map(|c| (target, p.id, c)).collect()
 }
 
 pub fn end_reason(r: EndReason) -> &'static str {

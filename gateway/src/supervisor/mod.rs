@@ -89,6 +89,8 @@ pub enum WorkerEvent {
     Player { worker: u32, player: u64, event: PlayerEvent },
     /// The worker's process is gone, with every player it hosted.
     Lost { worker: u32 },
+    /// The worker said hello and takes players (stranded ones may be restored on it).
+    Ready { worker: u32 },
 }
 
 impl Shared {

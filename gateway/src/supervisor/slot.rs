@@ -39,6 +39,8 @@ pub struct WorkerStatus {
     /// Pings sent and not answered yet.
     pub missed_pings: u64,
     pub resources: Option<ResourceReport>,
+    /// Why this slot's previous worker process ended; kept once it is respawned, so a slot with
+    /// restarts tells why.
     pub last_exit: Option<String>,
     /// IPC traffic of the current worker process (reset with each spawn).
     pub ipc: Arc<IpcCounters>,
@@ -175,7 +177,12 @@ async fn run_once(shared: &Arc<Shared>, id: u32, cancel: &CancellationToken) -> 
     let Some(conn) = conn else {
         spawn::kill(pid);
         let _ = exited.await;
-        return if cancel.is_cancelled() { Outcome::Shutdown } else { Outcome::Ended { healthy: false } };
+        if cancel.is_cancelled() {
+            return Outcome::Shutdown;
+        }
+        let timeout = shared.config.hello_timeout;
+        shared.update(id, |s| s.last_exit = Some(format!("killed: no hello within {timeout:?}")));
+        return Outcome::Ended { healthy: false };
     };
     if conn.peer_pid != Some(pid as i32) {
         // The token leaked to another process: refuse it and start over with a fresh one.
@@ -226,9 +233,9 @@ async fn serve(
         s.state = WorkerState::Ready;
         s.ready_since = Some(started);
         s.missed_pings = 0;
-        s.last_exit = None;
         s.ipc = ipc.clone();
     });
+    let _ = shared.player_events.send(super::WorkerEvent::Ready { worker: id });
 
     let pings = Arc::new(Mutex::new(PingState {
         sent_seq: 0,
@@ -254,6 +261,8 @@ async fn serve(
 
     let mut ticker = tokio::time::interval(shared.config.ping_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Why the gateway ended this worker itself, if it did (for `last_exit`).
+    let mut killed_for: Option<&str> = None;
     let outcome = loop {
         tokio::select! {
             _ = ticker.tick() => {
@@ -267,7 +276,7 @@ async fn serve(
                 shared.update(id, |s| s.missed_pings = unanswered);
                 if silent_for > shared.config.ping_timeout {
                     error!(pid, silent_ms = silent_for.as_millis() as u64, "worker stopped answering pings; killing it");
-                    shared.update(id, |s| s.last_exit = Some("killed: missed pings".into()));
+                    killed_for = Some("killed: missed pings");
                     spawn::kill(pid);
                     break Outcome::Ended { healthy: false };
                 }
@@ -303,13 +312,17 @@ async fn serve(
             let why = status.map(|s| spawn::describe(&s)).unwrap_or_else(|_| "unknown exit".into());
             info!(pid, exit = %why, "worker process ended");
             if !matches!(outcome, Outcome::Shutdown) {
-                shared.update(id, |s| s.last_exit = s.last_exit.clone().or(Some(why)));
+                shared.update(id, |s| s.last_exit = Some(killed_for.map(str::to_string).unwrap_or(why)));
             }
         }
         Err(_) => {
             warn!(pid, "worker did not exit in time; killing it");
             spawn::kill(pid);
             let _ = exited.await;
+            if !matches!(outcome, Outcome::Shutdown) {
+                let why = killed_for.unwrap_or("killed: lingered after its connection ended");
+                shared.update(id, |s| s.last_exit = Some(why.into()));
+            }
         }
     }
     drop(writer_task);
