@@ -295,10 +295,9 @@ impl Registry {
 
     /// A worker died: its players are re-created on healthy workers from the registry (same
     /// voice state, the track where it was when the worker went away, volume, filters, paused,
-    /// end time) —
-    /// unless the same track was playing in that player's previous crash too: then it is
-    /// quarantined (TrackException `fault` + TrackEnd `loadFailed`) instead of crashing a third
-    /// worker. For frameStats the lost minute counts as deficit, not as missing data (§4.4).
+    /// end time) — unless the same track was playing in that player's previous crash too: then
+    /// it is quarantined (TrackException `fault` + TrackEnd `loadFailed`) instead of crashing a
+    /// third worker. For frameStats the lost minute counts as deficit, not as missing data (§4.4).
     /// Players no healthy worker can take are stranded until one is ready ([`Self::on_worker_ready`]).
     pub fn on_worker_lost(&self, worker: u32) {
         let mut commands: Vec<(u32, u64, PlayerCommand)> = Vec::new();
