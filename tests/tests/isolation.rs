@@ -163,8 +163,10 @@ fn a_worker_that_can_never_start_leaves_the_node_serving() {
     std::fs::write(&broken, "#!/bin/sh\necho 'broken-worker: missing something it needs' >&2\nexit 3\n").unwrap();
     std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let yaml = format!("metrics:\n  prometheus:\n    enabled: true\ncaldera:\n  workers: 2\n  workerBinary: {}\n", broken.display());
-    // The gateway waits for its workers for a while (30 s), then serves without them.
+    // Once every slot has failed to start, the gateway serves without them (and keeps trying).
+    let started = Instant::now();
     let node = Node::start_with(NodeOptions { workers: 2, yaml, ..Default::default() });
+    assert!(started.elapsed() < Duration::from_secs(20), "serving took {:?}", started.elapsed());
     let logs = &node.logs;
     assert!(logs.wait_for("not every worker started; serving with reduced capacity", Duration::from_secs(1)).is_some());
     // The logs say why: the program's own words and its exit.
@@ -201,13 +203,11 @@ fn a_worker_that_can_never_start_leaves_the_node_serving() {
     assert_eq!(body["message"], "No worker has room for another player");
     assert_eq!(body["path"], format!("/v4/sessions/{}/players/7301", session.id));
 
-    // Spawns back off: each slot's delay doubles (500 ms, 1 s, 2 s, ...), so over the 30 s of
-    // waiting and 5 more seconds a slot starts its worker a handful of times, not hundreds.
+    // Spawns back off: each slot's delay doubles (500 ms, 1 s, 2 s, 4 s, ...), so in 8 s a slot
+    // starts its worker a handful of times, not hundreds.
+    std::thread::sleep(Duration::from_secs(8));
     let attempts = logs.count("worker exited before saying hello");
-    std::thread::sleep(Duration::from_secs(5));
-    let later = logs.count("worker exited before saying hello");
-    assert!(later - attempts < 15, "{} attempts in 5 s", later - attempts);
-    assert!(later < 2 * 12, "{later} attempts in about 35 s");
+    assert!(attempts < 2 * 8, "{attempts} attempts in about 8 s");
     let delays: Vec<u64> = {
         let list = node.logs.lines_containing("worker{id=0}");
         list.iter()

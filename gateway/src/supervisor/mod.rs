@@ -213,13 +213,15 @@ impl Supervisor {
         Ok(Self { shared, cancel, tasks, _runtime_dir: runtime_dir })
     }
 
-    /// Waits until every worker has said hello, or `timeout`. Returns how many are ready.
+    /// Waits until every worker slot has either said hello or failed at least once (the node then
+    /// serves with the workers it has; the others keep being respawned), or `timeout`. Returns
+    /// how many are ready.
     pub async fn wait_ready(&self, timeout: Duration) -> usize {
         let mut rx = self.shared.changed.subscribe();
-        let want = self.shared.config.workers;
         let ready = || self.workers().iter().filter(|w| w.state == WorkerState::Ready).count();
+        let settled = || self.workers().iter().all(|w| w.state == WorkerState::Ready || w.restarts > 0);
         let _ = tokio::time::timeout(timeout, async {
-            while ready() < want {
+            while !settled() {
                 if rx.changed().await.is_err() {
                     break;
                 }
