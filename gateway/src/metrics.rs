@@ -80,6 +80,9 @@ impl Metrics {
         gauge!("caldera_websocket_connections_peak").set(c.peak as f64);
         gauge!("caldera_websocket_sessions_resumable").set(c.resumable as f64);
         gauge!("caldera_resume_queue_depth").set(c.queued as f64);
+        if let Some(planner) = state.supervisor.route_planner() {
+            gauge!("caldera_routeplanner_failing_addresses").set(planner.failing_count() as f64);
+        }
         self.handle.render()
     }
 }
@@ -95,6 +98,16 @@ pub fn record_ws_message(sent: bool, bytes: usize) {
     let dir = if sent { "sent" } else { "received" };
     counter!("caldera_websocket_messages_total", "direction" => dir).increment(1);
     counter!("caldera_websocket_bytes_total", "direction" => dir).increment(bytes as u64);
+}
+
+/// Records a route planner lease: handed out, or none free.
+pub fn record_route_lease(granted: bool) {
+    counter!("caldera_routeplanner_leases_total", "result" => if granted { "granted" } else { "exhausted" }).increment(1);
+}
+
+/// Records a source request rate limited (429) or unable to bind its leased address.
+pub fn record_route_failure() {
+    counter!("caldera_routeplanner_failures_total").increment(1);
 }
 
 pub fn record_ws_opened() {
@@ -131,6 +144,9 @@ fn describe() {
     describe_gauge!("caldera_worker_ipc_messages_sent", "IPC messages sent to a worker process");
     describe_gauge!("caldera_worker_ipc_bytes_sent", "IPC bytes sent to a worker process");
     describe_gauge!("caldera_workers_ready", "Worker processes connected and healthy");
+    describe_gauge!("caldera_routeplanner_failing_addresses", "Addresses the route planner skips as failing");
+    describe_counter!("caldera_routeplanner_leases_total", "Local addresses handed out for source requests (result: granted, exhausted)");
+    describe_counter!("caldera_routeplanner_failures_total", "Source requests rate limited (429) or unable to bind their address");
     describe_gauge!("caldera_workers_configured", "Worker processes the node should run");
     describe_gauge!("caldera_websocket_connections_active", "Open client WebSocket connections");
     describe_gauge!("caldera_websocket_connections_peak", "Most client WebSocket connections open at once");

@@ -421,6 +421,10 @@ impl RoutePlanner {
         self.state().failing.clear();
     }
 
+    pub fn failing_count(&self) -> usize {
+        self.state().failing.by_addr.len()
+    }
+
     pub fn failing(&self) -> Vec<IpAddr> {
         self.state().failing.by_addr.keys().copied().collect()
     }

@@ -22,7 +22,14 @@ fn ratelimit(strategy: &str, extra: &str) -> String {
 }
 
 fn node_with(ratelimit_yaml: &str) -> Node {
-    Node::start_with(NodeOptions { yaml: format!("lavalink:\n  server:\n{ratelimit_yaml}"), workers: 1, ..Default::default() })
+    let yaml = format!("lavalink:\n  server:\n{ratelimit_yaml}metrics:\n  prometheus:\n    enabled: true\n");
+    Node::start_with(NodeOptions { yaml, workers: 1, ..Default::default() })
+}
+
+/// One sample of the node's Prometheus metrics, by its full name with labels.
+fn metric(node: &Node, series: &str) -> Option<f64> {
+    let text = node.get("/metrics").text().unwrap();
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 fn status(node: &Node) -> Value {
@@ -173,6 +180,10 @@ fn retry_limits_bound_the_attempts() {
     assert_eq!(tried.len(), 15, "{tried:?}");
     assert_eq!(tried.iter().collect::<BTreeSet<_>>().len(), 15);
     assert_eq!(failing(&status(&node)).len(), 15);
+    assert_eq!(metric(&node, "caldera_routeplanner_failing_addresses"), Some(15.0));
+    assert_eq!(metric(&node, "caldera_routeplanner_failures_total"), Some(15.0));
+    assert_eq!(metric(&node, "caldera_routeplanner_leases_total{result=\"granted\"}"), Some(15.0));
+    assert_eq!(metric(&node, "caldera_routeplanner_leases_total{result=\"exhausted\"}"), Some(1.0));
     // Freed, the addresses work again.
     media.rate_limit(|_| false);
     media.route("/t.wav", Route::file(sine_wav(440.0, 0.5, 48_000, 2, 0.5), "audio/wav"));

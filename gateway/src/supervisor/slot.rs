@@ -395,6 +395,9 @@ async fn read_loop(
                     Ok(a) => leases.grant(request, *a),
                     Err(why) => debug!(worker = id, "route planner: {why}"),
                 }
+                if shared.config.route_planner.is_some() {
+                    crate::metrics::record_route_lease(address.is_ok());
+                }
                 shared.send(id, ToWorker::RouteLease { id: request, address });
             }
             ToGateway::RouteFailed { id: request, search } => {
@@ -402,6 +405,7 @@ async fn read_loop(
                     debug!(worker = id, request, "worker reported a failure for a lease it does not hold; ignored");
                     continue;
                 };
+                crate::metrics::record_route_failure();
                 if planner.mark_failing(address, search) == Marked::New {
                     warn!(worker = id, %address, search, "route planner: address rate limited or not bindable, marked failing");
                 }
