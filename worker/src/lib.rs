@@ -69,8 +69,16 @@ impl WorkerConfig {
 /// Runs the worker to completion. Process-wide setup happens here, before the runtime starts any
 /// thread (STYLE §6).
 pub fn run(config: WorkerConfig) -> Result<(), WorkerError> {
+    run_with(config, |_| {})
+}
+
+/// [`run`], calling `confined` on the main thread once the sandbox is applied and before the
+/// runtime starts: the tests' probe worker uses it to try, from inside a worker the gateway
+/// spawned, what the sandbox must refuse.
+pub fn run_with(config: WorkerConfig, confined: impl FnOnce(&sandbox::Report)) -> Result<(), WorkerError> {
     process::die_with_parent(config.gateway_pid)?;
     let report = sandbox::apply(config.sandbox, &sandbox::readable_paths(&config.local_dirs))?;
+    confined(&report);
     match config.sandbox {
         sandbox::Mode::Off => tracing::warn!("SANDBOX OFF: this worker parses untrusted media without any confinement"),
         mode => tracing::info!(?mode, closed_fds = report.closed_fds, landlock = %report.landlock, no_new_privs = report.no_new_privs, seccomp = report.seccomp, "sandbox applied"),
