@@ -41,8 +41,12 @@ impl Netns {
             );
         }
         if nonlocal_bind {
-            let out = Command::new("ip").args(["netns", "exec", &name, "sysctl", "-qw", "net.ipv6.ip_nonlocal_bind=1"]).output().unwrap();
-            assert!(out.status.success(), "sysctl in the namespace failed: {}", String::from_utf8_lossy(&out.stderr));
+            // /proc/sys/net is the namespace's own: the host keeps its setting.
+            let out = Command::new("ip")
+                .args(["netns", "exec", &name, "sh", "-c", "echo 1 > /proc/sys/net/ipv6/ip_nonlocal_bind"])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "setting ip_nonlocal_bind in the namespace failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         let handle = std::fs::File::open(format!("/run/netns/{name}")).expect("namespace handle");
         nix::sched::setns(handle, nix::sched::CloneFlags::CLONE_NEWNET).expect("join the network namespace");
