@@ -113,3 +113,25 @@ fn players_of_the_only_worker_come_back_with_its_replacement() {
     let starts = rig.session.messages().iter().filter(|m| m["type"] == "TrackStartEvent").count();
     assert_eq!(starts, 1, "TrackStart repeated after the restore");
 }
+
+#[test]
+fn a_track_replaced_while_its_player_waits_for_a_worker_ends_as_replaced() {
+    let rig = rig(1);
+    rig.media.route("/b.wav", caldera_tests::http_server::Route::file(sine_wav(880.0, 30.0, 48_000, 2, 0.5), "audio/wav"));
+    let next = rig.node.load(&rig.media.url("/b.wav"));
+    rig.play(6301, "/a.wav", sine_wav(440.0, 30.0, 48_000, 2, 0.5), json!({}));
+    assert!(rig.voice.wait_connection(6301, Duration::from_secs(10)).wait_packets(25, Duration::from_secs(10)));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(rig.worker_pid(0) as i32), Signal::SIGKILL).unwrap();
+    // The only worker is gone; before its replacement is up, the client replaces the track.
+    assert!(rig.node.logs.wait_for("no healthy worker to restore the player on", Duration::from_secs(5)).is_some());
+    let (status, player) = rig.session.patch(6301, json!({"track": {"encoded": next["data"]["encoded"]}}));
+    assert_eq!(status, 200, "{player}");
+    let (_, end) = rig.session.wait_event("TrackEndEvent", 6301, Duration::from_secs(5)).expect("the replaced track's end");
+    assert_eq!(end["reason"], "replaced");
+    assert_eq!(end["track"]["info"]["uri"], rig.media.url("/a.wav"));
+    let conns = rig.voice.wait_connections(6301, 2, Duration::from_secs(10));
+    assert!(conns[1].wait_packets(50, Duration::from_secs(10)));
+    assert!((conns[1].audio().non_silent().dominant_frequency() - 880.0).abs() < 9.0, "the new track plays on the new worker");
+    let starts: Vec<_> = rig.session.messages().into_iter().filter(|m| m["type"] == "TrackStartEvent").map(|m| m["track"]["info"]["uri"].clone()).collect();
+    assert_eq!(starts, [json!(rig.media.url("/a.wav")), json!(rig.media.url("/b.wav"))]);
+}

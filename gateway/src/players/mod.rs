@@ -206,8 +206,19 @@ impl Registry {
             let user_id = s.user_id;
             let p = s.players.get_mut(&guild).ok_or(PlayerError::PlayerNotFound)?;
             let updates = update.apply_to(p, &self.next_track);
+            let mut ended = Vec::new();
             if p.stranded {
-                // Its worker is gone: the update is recorded, and restoring sends all of it.
+                // Its worker is gone: the update is recorded, and restoring sends all of it. A
+                // track it replaced or stopped has no worker to report its end: the gateway does.
+                let current = p.track.as_ref().map(|t| t.seq);
+                let reason = if current.is_some() { "replaced" } else { "stopped" };
+                let gone: Vec<u64> = p.live_tracks.keys().copied().filter(|seq| Some(*seq) != current).collect();
+                for seq in gone {
+                    if let Some(t) = p.live_tracks.remove(&seq) {
+                        let track = track_json_with(&t.data, t.encoded.clone(), &t.user_data);
+                        ended.push(json!({"op": "event", "type": "TrackEndEvent", "guildId": guild.to_string(), "track": track, "reason": reason}).to_string());
+                    }
+                }
                 if let Some(target) = self.least_loaded(&load) {
                     commands.extend(restore(p, target, user_id));
                     info!(guild = p.guild_id, to = target, "stranded player restored on an update");
@@ -215,7 +226,11 @@ impl Registry {
             } else {
                 commands.extend(updates.into_iter().map(|c| (p.worker, p.id, c)));
             }
-            player_json(p)
+            let json = player_json(p);
+            for event in ended {
+                s.link.send(event, false);
+            }
+            json
         };
         for (worker, player, command) in commands {
             if !self.supervisor.send(worker, ToWorker::Player { player, command }) {
