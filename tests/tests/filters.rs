@@ -31,8 +31,7 @@ fn a_filter_change_mid_track_is_heard_within_100_ms() {
     let rig = rig(1);
     let guild = 3101;
     rig.play(guild, "/mid.wav", sine_wav(440.0, 6.0, 48_000, 2, 0.5), json!({}));
-    let conn = rig.voice.wait_connection(guild, Duration::from_secs(10));
-    assert!(conn.wait_packets(60, Duration::from_secs(10)));
+    let conn = rig.voice.wait_audio(guild, 60, Duration::from_secs(10));
     // Mute the left channel with the channel mix.
     let (status, _) = rig.session.patch(guild, json!({"filters": {"channelMix": {"leftToLeft": 0.0, "leftToRight": 0.0, "rightToLeft": 0.0, "rightToRight": 1.0}}}));
     assert_eq!(status, 200);

@@ -61,8 +61,7 @@ fn allocation_beyond_the_memory_ceiling_kills_only_its_worker() {
     rig.play(7001, "/tone.wav", sine_wav(440.0, 30.0, 48_000, 2, 0.5), json!({}));
     let tone_worker = rig.worker_of(7001);
     let tone_pid = rig.worker_pid(tone_worker);
-    let tone = rig.voice.wait_connection(7001, Duration::from_secs(10));
-    assert!(tone.wait_packets(50, Duration::from_secs(10)));
+    let tone = rig.voice.wait_audio(7001, 50, Duration::from_secs(10));
 
     rig.play_encoded(7002, "/bomb.mp3", id3_bomb(DECLARED), "mp3");
     assert!(rig.node.logs.wait_count(ALLOCATION_FAILED, 2, Duration::from_secs(10)), "two workers should have hit the ceiling");

@@ -87,8 +87,7 @@ fn discord_closing_the_voice_websocket_is_reported() {
     let rig = rig(1);
     let guild = 2201;
     rig.play(guild, "/ws.wav", sine_wav(440.0, 5.0, 48_000, 2, 0.5), json!({}));
-    let conn = rig.voice.wait_connection(guild, Duration::from_secs(10));
-    assert!(conn.wait_packets(10, Duration::from_secs(10)));
+    rig.voice.wait_audio(guild, 10, Duration::from_secs(10));
     rig.voice.close(guild, 4014, "Disconnected");
     let (_, ev) = rig.session.wait_event("WebSocketClosedEvent", guild, Duration::from_secs(10)).expect("WebSocketClosedEvent");
     assert_eq!(ev["code"], 4014);

@@ -16,7 +16,7 @@ fn players_of_a_killed_worker_are_restored_elsewhere() {
     let (a, b) = (rig.worker_of(6001), rig.worker_of(6002));
     assert_ne!(a, b, "the two players should be on different workers");
     let conn_b = rig.voice.wait_connection(6002, Duration::from_secs(10));
-    assert!(rig.voice.wait_connection(6001, Duration::from_secs(10)).wait_packets(100, Duration::from_secs(10)));
+    rig.voice.wait_audio(6001, 100, Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(1200)); // a playerUpdate with a position
     let pid = rig.worker_pid(a);
     let (_, before) = rig.session.get_player(6001);
@@ -67,7 +67,7 @@ fn players_of_a_killed_worker_are_restored_elsewhere() {
 fn a_track_that_crashes_two_workers_is_quarantined() {
     let rig = rig(2);
     rig.play(6101, "/q.wav", sine_wav(440.0, 30.0, 48_000, 2, 0.5), json!({}));
-    rig.voice.wait_connection(6101, Duration::from_secs(10)).wait_packets(25, Duration::from_secs(10));
+    rig.voice.wait_audio(6101, 25, Duration::from_secs(10));
     let kill_host = || {
         let workers: serde_json::Value = rig.node.get("/v4/caldera/workers").json().unwrap();
         let players: Vec<&serde_json::Value> = workers["workers"].as_array().unwrap().iter().filter(|w| w["players"] == 1).collect();
@@ -95,7 +95,7 @@ fn players_of_the_only_worker_come_back_with_its_replacement() {
     // No healthy worker to move to: the players wait for the respawned worker.
     let rig = rig(1);
     rig.play(6201, "/solo.wav", sine_wav(440.0, 30.0, 48_000, 2, 0.5), json!({"volume": 70}));
-    assert!(rig.voice.wait_connection(6201, Duration::from_secs(10)).wait_packets(50, Duration::from_secs(10)));
+    rig.voice.wait_audio(6201, 50, Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(1200)); // a playerUpdate with a position
     let (_, before) = rig.session.get_player(6201);
     let position_before = before["state"]["position"].as_u64().unwrap();
@@ -120,7 +120,7 @@ fn a_track_replaced_while_its_player_waits_for_a_worker_ends_as_replaced() {
     rig.media.route("/b.wav", caldera_tests::http_server::Route::file(sine_wav(880.0, 30.0, 48_000, 2, 0.5), "audio/wav"));
     let next = rig.node.load(&rig.media.url("/b.wav"));
     rig.play(6301, "/a.wav", sine_wav(440.0, 30.0, 48_000, 2, 0.5), json!({}));
-    assert!(rig.voice.wait_connection(6301, Duration::from_secs(10)).wait_packets(25, Duration::from_secs(10)));
+    rig.voice.wait_audio(6301, 25, Duration::from_secs(10));
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(rig.worker_pid(0) as i32), Signal::SIGKILL).unwrap();
     // The only worker is gone; before its replacement is up, the client replaces the track.
     assert!(rig.node.logs.wait_for("no healthy worker to restore the player on", Duration::from_secs(5)).is_some());

@@ -77,8 +77,7 @@ fn rotate_on_ban_moves_off_rate_limited_addresses_for_loads_and_playback() {
     // Playback: the stream is fetched from the planner's address too, and it plays.
     let hits_before = rig.media.hits("/a.wav").len();
     rig.play(7001, "/a.wav", wav, json!({}));
-    let conn = rig.voice.wait_connection(7001, Duration::from_secs(10));
-    assert!(conn.wait_packets(100, Duration::from_secs(10)));
+    let conn = rig.voice.wait_audio(7001, 100, Duration::from_secs(10));
     assert_clean_tone(&conn.audio(), 440.0, 100, "played through the route planner");
     let stream_peers = rig.media.peers("/a.wav");
     assert!(stream_peers.len() > hits_before, "playback fetched the file");

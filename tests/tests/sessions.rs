@@ -50,8 +50,7 @@ fn resume_replays_queued_events_and_audio_never_stops() {
     let (status, body) = rig.session.configure(json!({"resuming": true, "timeout": 20}));
     assert_eq!((status, &body), (200, &json!({"resuming": true, "timeout": 20})));
     rig.play(guild, "/resume.wav", sine_wav(440.0, 3.0, 48_000, 2, 0.5), json!({}));
-    let conn = rig.voice.wait_connection(guild, Duration::from_secs(15));
-    assert!(conn.wait_packets(25, Duration::from_secs(10)));
+    let conn = rig.voice.wait_audio(guild, 25, Duration::from_secs(15));
     // Drop the socket while the track plays; it finishes during the gap.
     rig.session.drop_connection();
     std::thread::sleep(Duration::from_millis(3500));
@@ -86,8 +85,7 @@ fn an_expired_session_is_destroyed_with_its_players() {
     let guild = 1101;
     rig.session.configure(json!({"resuming": true, "timeout": 1}));
     rig.play(guild, "/expire.wav", sine_wav(440.0, 8.0, 48_000, 2, 0.5), json!({}));
-    let conn = rig.voice.wait_connection(guild, Duration::from_secs(15));
-    assert!(conn.wait_packets(10, Duration::from_secs(10)));
+    let conn = rig.voice.wait_audio(guild, 10, Duration::from_secs(15));
     rig.session.drop_connection();
     let t0 = Instant::now();
     // The voice connection is closed when the session expires.
@@ -106,8 +104,7 @@ fn a_closed_session_without_resuming_destroys_its_players() {
     let rig = rig(1);
     let guild = 1201;
     rig.play(guild, "/close.wav", sine_wav(440.0, 8.0, 48_000, 2, 0.5), json!({}));
-    let conn = rig.voice.wait_connection(guild, Duration::from_secs(15));
-    assert!(conn.wait_packets(10, Duration::from_secs(10)));
+    let conn = rig.voice.wait_audio(guild, 10, Duration::from_secs(15));
     rig.session.drop_connection();
     assert!(conn.wait_closed(Duration::from_secs(5)).is_some(), "voice connection outlived its session");
 }

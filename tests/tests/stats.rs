@@ -28,7 +28,7 @@ fn stats_are_real_numbers_across_sessions() {
     rig.play(4001, "/s1.wav", wav.clone(), json!({}));
     rig.play(4002, "/s2.wav", wav.clone(), json!({"paused": true}));
     other.patch(4003, json!({"volume": 50}));
-    rig.voice.wait_connection(4001, Duration::from_secs(10)).wait_packets(25, Duration::from_secs(10));
+    rig.voice.wait_audio(4001, 25, Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(2500)); // a fresh resource report from each worker
 
     let res = rig.node.get("/v4/stats");

@@ -59,8 +59,7 @@ fn pause_resume_and_seek() {
     let rig = rig(1);
     let guild = 401;
     rig.play(guild, "/long.wav", sine_wav(440.0, 6.0, 44_100, 2, 0.5), json!({}));
-    let conn = rig.voice.wait_connection(guild, Duration::from_secs(15));
-    assert!(conn.wait_packets(50, Duration::from_secs(10)), "no audio");
+    let conn = rig.voice.wait_audio(guild, 50, Duration::from_secs(15));
     let (status, player) = rig.session.patch(guild, json!({"paused": true}));
     assert_eq!(status, 200);
     assert_eq!(player["paused"], true);
@@ -116,8 +115,7 @@ fn stop_replace_destroy_and_events() {
     let guild = 601;
     rig.play(guild, "/first.wav", sine_wav(440.0, 5.0, 48_000, 2, 0.5), json!({}));
     rig.session.wait_event("TrackStartEvent", guild, Duration::from_secs(10)).unwrap();
-    let conn = rig.voice.wait_connection(guild, Duration::from_secs(15));
-    assert!(conn.wait_packets(20, Duration::from_secs(10)));
+    let conn = rig.voice.wait_audio(guild, 20, Duration::from_secs(15));
     // Replacing: TrackEnd(replaced) for the old track, then TrackStart for the new one.
     rig.play(guild, "/second.wav", sine_wav(660.0, 5.0, 48_000, 2, 0.5), json!({}));
     let (end_at, end) = rig.ended(guild, Duration::from_secs(5));

@@ -171,6 +171,14 @@ impl VoiceServer {
         self.wait_connections(guild_id, 1, timeout).remove(0)
     }
 
+    /// [`Self::wait_connection`], then at least `packets` audio packets on it within 10 s.
+    /// Panics when either does not come.
+    pub fn wait_audio(&self, guild_id: u64, packets: usize, connect_within: Duration) -> Connection {
+        let conn = self.wait_connection(guild_id, connect_within);
+        assert!(conn.wait_packets(packets, Duration::from_secs(10)), "guild {guild_id}: only {} of {packets} packets", conn.packets());
+        conn
+    }
+
     /// Waits until at least `n` connections identified for the guild; returns all of them,
     /// oldest first. Panics with a diagnosis on timeout.
     pub fn wait_connections(&self, guild_id: u64, n: usize, timeout: Duration) -> Vec<Connection> {
