@@ -72,15 +72,19 @@ pub struct Outbound<'a> {
 /// The longest a request keeps retrying on new addresses.
 const MAX_RETRY_TIME: Duration = Duration::from_secs(60);
 
-fn client(timeout: Duration, local: Option<IpAddr>) -> Result<reqwest::blocking::Client, LoadFailure> {
-    reqwest::blocking::Client::builder()
+/// A client leaving from `local`, if given, and reaching `pinned.0` at the addresses `pinned.1`
+/// (resolved by the caller) instead of resolving it again.
+fn client(timeout: Duration, local: Option<IpAddr>, pinned: Option<(&str, &[SocketAddr])>) -> Result<reqwest::blocking::Client, LoadFailure> {
+    let mut builder = reqwest::blocking::Client::builder()
         .user_agent(USER_AGENT)
         .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
         .connect_timeout(Duration::from_secs(10))
         .timeout(timeout)
-        .local_address(local)
-        .build()
-        .map_err(|e| LoadFailure::fault("Could not create an HTTP client.", e.to_string()))
+        .local_address(local);
+    if let Some((host, addrs)) = pinned {
+        builder = builder.resolve_to_addrs(host, addrs);
+    }
+    builder.build().map_err(|e| LoadFailure::fault("Could not create an HTTP client.", e.to_string()))
 }
 
 /// The connection failed because the local address cannot be used on this host.
@@ -97,18 +101,13 @@ fn is_bind_error(e: &reqwest::Error) -> bool {
     false
 }
 
-/// Whether `url`'s host has an address of `local`'s family. A connection bound to `local` can
-/// reach only those; a host with none is fetched unbound, as Lavaplayer falls back for a host
-/// without AAAA records. When the host does not resolve, the request itself reports it.
-fn reachable_from(url: &str, local: IpAddr) -> bool {
-    let Some((host, port)) = url::Url::parse(url).ok().and_then(|u| Some((u.host_str()?.trim_matches(['[', ']']).to_string(), u.port_or_known_default()?)))
-    else {
-        return true;
-    };
-    match (host.as_str(), port).to_socket_addrs() {
-        Ok(mut addrs) => addrs.any(|a: SocketAddr| a.is_ipv4() == local.is_ipv4()),
-        Err(_) => true,
-    }
+/// `url`'s host and its addresses, looked up once for all attempts of a planned request;
+/// `None` when the URL has no host or it does not resolve (the request itself then says so).
+fn resolve(url: &str) -> Option<(String, Vec<SocketAddr>)> {
+    let u = url::Url::parse(url).ok()?;
+    let host = u.host_str()?.trim_matches(['[', ']']).to_string();
+    let addrs = (host.as_str(), u.port_or_known_default()?).to_socket_addrs().ok()?.collect();
+    Some((host, addrs))
 }
 
 /// Sends `GET url`, from planner-chosen addresses when there is a planner: a rate-limited or
@@ -119,20 +118,27 @@ fn get(
     outbound: Option<Outbound>,
 ) -> Result<(reqwest::blocking::Client, reqwest::blocking::Response), LoadFailure> {
     let deadline = Instant::now() + timeout.min(MAX_RETRY_TIME);
+    let resolved = outbound.and_then(|_| resolve(url));
     let mut failed = 0u32;
     loop {
         let lease = outbound.map(|o| o.planner.acquire()).transpose().map_err(|no| match no {
             NoLease::Exhausted(why) => LoadFailure::suspicious("No outbound address is free to make the request from.", format!("{url}: {why}")),
             NoLease::Unavailable(why) => LoadFailure::fault("The route planner did not hand out an address.", format!("{url}: {why}")),
         })?;
+        // A connection bound to the lease reaches only the host's addresses of its family; a
+        // host with none is fetched unbound, as Lavaplayer falls back for a host without AAAA.
+        let pinned: Option<(&str, Vec<SocketAddr>)> = lease.zip(resolved.as_ref()).map(|(l, (host, addrs))| {
+            (host.as_str(), addrs.iter().copied().filter(|a| a.is_ipv4() == l.address.is_ipv4()).collect())
+        });
+        let pinned = pinned.filter(|(_, addrs)| !addrs.is_empty());
         let lease = lease.filter(|l| {
-            let reachable = reachable_from(url, l.address);
+            let reachable = pinned.is_some() || resolved.is_none();
             if !reachable {
                 tracing::warn!(%url, local = %l.address, "the host has no address of the route planner's family; fetching it unbalanced");
             }
             reachable
         });
-        let client = client(timeout, lease.map(|l| l.address))?;
+        let client = client(timeout, lease.map(|l| l.address), pinned.as_ref().map(|(host, addrs)| (*host, addrs.as_slice())))?;
         let sent = client.get(url).header("Icy-MetaData", "1").send();
         let rejected = lease.filter(|_| match &sent {
             Ok(res) => res.status() == reqwest::StatusCode::TOO_MANY_REQUESTS,
