@@ -1,7 +1,7 @@
 //! `caldera`: the gateway binary. See the README for configuration.
 
 use anyhow::Context;
-use caldera_gateway::config::{Config, Loaded};
+use caldera_gateway::config::Loaded;
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -25,7 +25,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let loaded = match Config::load(cli.config.as_deref()) {
+    let loaded = match Loaded::load(cli.config.as_deref()) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("caldera: invalid configuration: {e}");
@@ -49,7 +49,7 @@ fn check_config(loaded: &Loaded) -> ExitCode {
     for key in &loaded.unknown_keys {
         println!("note: unknown key `{key}` is ignored");
     }
-    let worker = loaded.config.worker_binary();
+    let worker = &loaded.settings.worker_binary;
     if !worker.is_file() {
         eprintln!("caldera: worker binary {} not found; Hint: set caldera.workerBinary", worker.display());
         return ExitCode::FAILURE;
@@ -60,7 +60,7 @@ fn check_config(loaded: &Loaded) -> ExitCode {
 
 fn serve(loaded: Loaded) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(loaded.config.log_filter()));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&loaded.settings.log_filter));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -78,6 +78,6 @@ fn serve(loaded: Loaded) -> anyhow::Result<()> {
         .thread_name("caldera")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(caldera_gateway::run(loaded))?;
+    runtime.block_on(caldera_gateway::run(loaded.settings))?;
     Ok(())
 }

@@ -11,20 +11,16 @@
 //!
 //! Failing addresses are skipped for a week (Lavaplayer's expiry) unless freed through the REST API.
 
-use crate::config::RateLimitConfig;
+use crate::config::{block_size, RoutePlannerSettings, Strategy, BLOCK64};
+use crate::lavalink::{FailingAddress, IpBlock, RoutePlannerDetails, RoutePlannerStatus, StrategyDetails};
 use ipnet::IpNet;
-use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Addresses in one IPv6 /64.
-const BLOCK64: u128 = 1 << 64;
 /// How long a failing address is skipped unless freed.
 const FAILING_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
-/// Lavaplayer's retry limit when `retryLimit` is negative.
-const DEFAULT_RETRY_LIMIT: u32 = 4;
 /// Most candidates looked at for one request in a large block before giving up.
 const MAX_TRIES: u128 = 4096;
 /// Blocks up to this size are searched exhaustively: "no free address" then really means none.
@@ -47,34 +43,13 @@ pub enum Marked {
     Foreign,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Strategy {
-    RotateOnBan,
-    LoadBalance,
-    NanoSwitch,
-    RotatingNanoSwitch,
-}
-
-impl Strategy {
-    /// Lavalink's config values, matched case-insensitively.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "rotateonban" => Some(Self::RotateOnBan),
-            "loadbalance" => Some(Self::LoadBalance),
-            "nanoswitch" => Some(Self::NanoSwitch),
-            "rotatingnanoswitch" => Some(Self::RotatingNanoSwitch),
-            _ => None,
-        }
-    }
-
-    /// The planner class name clients see in `/v4/routeplanner/status`.
-    pub fn class(self) -> &'static str {
-        match self {
-            Self::RotateOnBan => "RotatingIpRoutePlanner",
-            Self::LoadBalance => "BalancingIpRoutePlanner",
-            Self::NanoSwitch => "NanoIpRoutePlanner",
-            Self::RotatingNanoSwitch => "RotatingNanoIpRoutePlanner",
-        }
+/// The planner class name clients see in `/v4/routeplanner/status`.
+pub fn class(strategy: Strategy) -> &'static str {
+    match strategy {
+        Strategy::RotateOnBan => "RotatingIpRoutePlanner",
+        Strategy::LoadBalance => "BalancingIpRoutePlanner",
+        Strategy::NanoSwitch => "NanoIpRoutePlanner",
+        Strategy::RotatingNanoSwitch => "RotatingNanoIpRoutePlanner",
     }
 }
 
@@ -87,21 +62,12 @@ pub struct IpBlocks {
 }
 
 impl IpBlocks {
-    pub fn new(nets: Vec<IpNet>) -> Result<Self, String> {
-        let first = nets.first().ok_or("no ip blocks")?;
-        let v6 = matches!(first, IpNet::V6(_));
-        let mut blocks = Vec::with_capacity(nets.len());
-        let mut size: u128 = 0;
-        for net in nets {
-            if matches!(net, IpNet::V6(_)) != v6 {
-                return Err("all ip blocks must be IPv4, or all IPv6".into());
-            }
-            let host_bits = u32::from(net.max_prefix_len() - net.prefix_len());
-            let n = 1u128.checked_shl(host_bits).filter(|_| host_bits < 128).ok_or_else(|| format!("{net} is too large"))?;
-            size = size.checked_add(n).ok_or_else(|| format!("{net} makes the blocks too large"))?;
-            blocks.push((net.trunc(), n));
-        }
-        Ok(Self { blocks, size, v6 })
+    /// The blocks of validated settings (one family, a countable total).
+    pub fn new(nets: &[IpNet]) -> Self {
+        let v6 = matches!(nets.first(), Some(IpNet::V6(_)));
+        let blocks: Vec<(IpNet, u128)> = nets.iter().map(|net| (net.trunc(), block_size(net))).collect();
+        let size = blocks.iter().fold(0u128, |total, (_, n)| total.saturating_add(*n));
+        Self { blocks, size, v6 }
     }
 
     pub fn size(&self) -> u128 {
@@ -214,52 +180,17 @@ pub struct RoutePlanner {
 }
 
 impl RoutePlanner {
-    /// The planner `lavalink.server.ratelimit` describes; `Ok(None)` when it is absent or has no
-    /// blocks. Errors name the key at fault.
-    pub fn from_config(config: Option<&RateLimitConfig>) -> Result<Option<Self>, (&'static str, String)> {
-        let Some(config) = config.filter(|c| !c.ip_blocks.is_empty()) else { return Ok(None) };
-        let nets = config
-            .ip_blocks
-            .iter()
-            .map(|b| b.trim().parse::<IpNet>().map_err(|_| ("lavalink.server.ratelimit.ipBlocks", format!("invalid IP block `{b}`, make sure to use CIDR notation"))))
-            .collect::<Result<Vec<_>, _>>()?;
-        let blocks = IpBlocks::new(nets).map_err(|m| ("lavalink.server.ratelimit.ipBlocks", m))?;
-        let excluded = config
-            .excluded_ips
-            .iter()
-            .map(|ip| ip.trim().parse::<IpAddr>().map_err(|_| ("lavalink.server.ratelimit.excludedIps", format!("invalid IP address `{ip}`"))))
-            .collect::<Result<HashSet<_>, _>>()?;
-        let strategy = Strategy::parse(&config.strategy).ok_or_else(|| {
-            ("lavalink.server.ratelimit.strategy", format!("unknown strategy `{}` (RotateOnBan, LoadBalance, NanoSwitch, RotatingNanoSwitch)", config.strategy))
-        })?;
-        let retry_limit = match config.retry_limit {
-            n if n < 0 => Some(DEFAULT_RETRY_LIMIT),
-            0 => None,
-            n => Some(n as u32),
-        };
-        Self::new(strategy, blocks, excluded, config.search_triggers_fail, retry_limit)
-            .map(Some)
-            .map_err(|m| ("lavalink.server.ratelimit.ipBlocks", m))
-    }
-
-    pub fn new(
-        strategy: Strategy,
-        blocks: IpBlocks,
-        excluded: HashSet<IpAddr>,
-        search_triggers_fail: bool,
-        retry_limit: Option<u32>,
-    ) -> Result<Self, String> {
-        match strategy {
-            Strategy::NanoSwitch if !blocks.is_v6() || blocks.blocks.iter().any(|(_, n)| *n < BLOCK64) => {
-                return Err("NanoSwitch needs IPv6 blocks of at least a /64 each".into())
-            }
-            Strategy::RotatingNanoSwitch if !blocks.is_v6() || blocks.blocks.iter().any(|(_, n)| *n < BLOCK64) => {
-                return Err("RotatingNanoSwitch needs IPv6 blocks of at least a /64 each".into())
-            }
-            _ => {}
-        }
+    /// The planner `lavalink.server.ratelimit` describes (checked when the settings were made).
+    pub fn new(settings: &RoutePlannerSettings) -> Self {
         let state = State { failing: Failing::default(), index: None, rotations: 0, rotate: false, block: 0, block_start: Instant::now() };
-        Ok(Self { strategy, blocks, excluded, search_triggers_fail, retry_limit, state: Mutex::new(state) })
+        Self {
+            strategy: settings.strategy,
+            blocks: IpBlocks::new(&settings.blocks),
+            excluded: settings.excluded.clone(),
+            search_triggers_fail: settings.search_triggers_fail,
+            retry_limit: settings.retry_limit,
+            state: Mutex::new(state),
+        }
     }
 
     pub fn strategy(&self) -> Strategy {
@@ -431,38 +362,32 @@ impl RoutePlanner {
 
     /// `GET /v4/routeplanner/status`, in Lavalink's shapes: sizes and indexes as strings,
     /// addresses as Java prints them (`/1.2.3.4`).
-    pub fn status(&self) -> Value {
+    pub fn status(&self) -> RoutePlannerStatus {
         let st = self.state();
-        let failing: Vec<Value> = st
+        let failing_addresses = st
             .failing
             .by_addr
             .iter()
-            .map(|(addr, &ms)| json!({"failingAddress": java_address(addr), "failingTimestamp": ms, "failingTime": java_date(ms)}))
+            .map(|(addr, &ms)| FailingAddress { failing_address: java_address(addr), failing_timestamp: ms, failing_time: java_date(ms) })
             .collect();
-        let mut details = json!({
-            "ipBlock": {"type": if self.blocks.is_v6() { "Inet6Address" } else { "Inet4Address" }, "size": self.blocks.size().to_string()},
-            "failingAddresses": failing,
-        });
         let clock = |start: Instant| (Instant::now().saturating_duration_since(start).as_nanos() % BLOCK64).to_string();
-        let extra = match self.strategy {
-            Strategy::RotateOnBan => json!({
-                "rotateIndex": st.rotations.to_string(),
-                "ipIndex": st.index.unwrap_or(0).to_string(),
-                "currentAddress": st.index.and_then(|i| self.blocks.get(i)).map_or("null".to_string(), |a| java_address(&a)),
-            }),
-            Strategy::NanoSwitch => json!({"currentAddressIndex": clock(st.block_start)}),
-            Strategy::RotatingNanoSwitch => json!({"blockIndex": st.block.to_string(), "currentAddressIndex": clock(st.block_start)}),
-            Strategy::LoadBalance => json!({}),
+        let strategy = match self.strategy {
+            Strategy::RotateOnBan => StrategyDetails::Rotating {
+                rotate_index: st.rotations.to_string(),
+                ip_index: st.index.unwrap_or(0).to_string(),
+                current_address: st.index.and_then(|i| self.blocks.get(i)).map_or("null".to_string(), |a| java_address(&a)),
+            },
+            Strategy::NanoSwitch => StrategyDetails::Nano { current_address_index: clock(st.block_start) },
+            Strategy::RotatingNanoSwitch => StrategyDetails::RotatingNano { block_index: st.block.to_string(), current_address_index: clock(st.block_start) },
+            Strategy::LoadBalance => StrategyDetails::Balancing {},
         };
-        if let (Some(d), Value::Object(e)) = (details.as_object_mut(), extra) {
-            d.extend(e);
-        }
-        json!({"class": self.strategy.class(), "details": details})
+        let ip_block = IpBlock { kind: if self.blocks.is_v6() { "Inet6Address" } else { "Inet4Address" }, size: self.blocks.size().to_string() };
+        RoutePlannerStatus { class: class(self.strategy), details: RoutePlannerDetails { ip_block, failing_addresses, strategy } }
     }
 }
 
 fn unix_ms() -> u64 {
-    crate::http::error::now_ms().max(0) as u64
+    crate::clock::unix_ms().max(0) as u64
 }
 
 /// A uniform random number below `n` (0 when `n` is 0 or 1).
@@ -508,11 +433,28 @@ fn java_date(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::DEFAULT_RETRY_LIMIT;
+    use serde_json::{json, Value};
+
+    fn settings(strategy: Strategy, blocks: &[&str], excluded: &[&str]) -> RoutePlannerSettings {
+        RoutePlannerSettings {
+            strategy,
+            blocks: blocks.iter().map(|b| b.parse().unwrap()).collect(),
+            excluded: excluded.iter().map(|e| e.parse().unwrap()).collect(),
+            search_triggers_fail: true,
+            retry_limit: Some(DEFAULT_RETRY_LIMIT),
+        }
+    }
 
     fn planner(strategy: Strategy, blocks: &[&str], excluded: &[&str]) -> RoutePlanner {
-        let blocks = IpBlocks::new(blocks.iter().map(|b| b.parse().unwrap()).collect()).unwrap();
-        let excluded = excluded.iter().map(|e| e.parse().unwrap()).collect();
-        RoutePlanner::new(strategy, blocks, excluded, true, Some(DEFAULT_RETRY_LIMIT)).unwrap()
+        RoutePlanner::new(&settings(strategy, blocks, excluded))
+    }
+
+    impl RoutePlanner {
+        /// The status as clients receive it.
+        fn status_json(&self) -> Value {
+            serde_json::to_value(self.status()).unwrap()
+        }
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -521,7 +463,7 @@ mod tests {
 
     #[test]
     fn blocks_index_across_blocks_and_know_their_size() {
-        let b = IpBlocks::new(vec!["10.0.0.0/30".parse().unwrap(), "10.1.0.8/31".parse().unwrap()]).unwrap();
+        let b = IpBlocks::new(&["10.0.0.0/30".parse().unwrap(), "10.1.0.8/31".parse().unwrap()]);
         assert_eq!(b.size(), 6);
         let all: Vec<_> = (0..7).map(|i| b.get(i)).collect();
         assert_eq!(all[0], Some(ip("10.0.0.0")));
@@ -530,42 +472,9 @@ mod tests {
         assert_eq!(all[5], Some(ip("10.1.0.9")));
         assert_eq!(all[6], None);
         assert_eq!((b.index_of(&ip("10.1.0.9")), b.index_of(&ip("10.1.0.10")), b.index_of(&ip("10.0.0.2"))), (Some(5), None, Some(2)));
-        let v6 = IpBlocks::new(vec!["2001:db8::/64".parse().unwrap()]).unwrap();
+        let v6 = IpBlocks::new(&["2001:db8::/64".parse().unwrap()]);
         assert_eq!(v6.size(), BLOCK64);
         assert_eq!(v6.get(BLOCK64 - 1), Some(ip("2001:db8::ffff:ffff:ffff:ffff")));
-        assert!(IpBlocks::new(vec!["10.0.0.0/8".parse().unwrap(), "2001:db8::/64".parse().unwrap()]).is_err());
-        assert!(IpBlocks::new(vec!["::/0".parse().unwrap()]).is_err());
-    }
-
-    #[test]
-    fn config_errors_name_the_key() {
-        let cfg = |blocks: &[&str], excluded: &[&str], strategy: &str| RateLimitConfig {
-            ip_blocks: blocks.iter().map(|s| s.to_string()).collect(),
-            excluded_ips: excluded.iter().map(|s| s.to_string()).collect(),
-            strategy: strategy.into(),
-            ..Default::default()
-        };
-        assert!(RoutePlanner::from_config(None).unwrap().is_none());
-        assert!(RoutePlanner::from_config(Some(&cfg(&[], &[], "RotateOnBan"))).unwrap().is_none());
-        assert_eq!(RoutePlanner::from_config(Some(&cfg(&["1.2.3.4/33"], &[], "RotateOnBan"))).unwrap_err().0, "lavalink.server.ratelimit.ipBlocks");
-        assert_eq!(RoutePlanner::from_config(Some(&cfg(&["1.2.3.0/24"], &["nope"], "RotateOnBan"))).unwrap_err().0, "lavalink.server.ratelimit.excludedIps");
-        assert_eq!(RoutePlanner::from_config(Some(&cfg(&["1.2.3.0/24"], &[], "Sideways"))).unwrap_err().0, "lavalink.server.ratelimit.strategy");
-        assert!(RoutePlanner::from_config(Some(&cfg(&["1.2.3.0/24"], &[], "NanoSwitch"))).is_err());
-        assert!(RoutePlanner::from_config(Some(&cfg(&["2001:db8::/96"], &[], "RotatingNanoSwitch"))).is_err());
-        assert!(RoutePlanner::from_config(Some(&cfg(&["2001:db8::/64", "2001:db9::/96"], &[], "RotatingNanoSwitch"))).is_err());
-        let p = RoutePlanner::from_config(Some(&cfg(&["2001:db8::/64"], &[], " rotatingnanoswitch "))).unwrap().unwrap();
-        assert_eq!(p.strategy(), Strategy::RotatingNanoSwitch);
-    }
-
-    #[test]
-    fn retry_limit_follows_lavalink() {
-        let with = |n: i32| {
-            let c = RateLimitConfig { ip_blocks: vec!["10.0.0.0/24".into()], retry_limit: n, ..Default::default() };
-            RoutePlanner::from_config(Some(&c)).unwrap().unwrap().retry_limit()
-        };
-        assert_eq!(with(-1), Some(DEFAULT_RETRY_LIMIT));
-        assert_eq!(with(0), None);
-        assert_eq!(with(7), Some(7));
     }
 
     #[test]
@@ -578,8 +487,8 @@ mod tests {
         assert_eq!(p.mark_failing(first, false), Marked::Known);
         // The excluded address is skipped.
         assert_eq!(p.acquire().unwrap(), ip("10.0.0.2"));
-        assert_eq!(p.status()["details"]["rotateIndex"], "1");
-        assert_eq!(p.status()["details"]["currentAddress"], "/10.0.0.2");
+        assert_eq!(p.status_json()["details"]["rotateIndex"], "1");
+        assert_eq!(p.status_json()["details"]["currentAddress"], "/10.0.0.2");
         // A ban of an address not in use does not rotate.
         p.mark_failing(ip("10.0.0.5"), false);
         assert_eq!(p.acquire().unwrap(), ip("10.0.0.2"));
@@ -673,8 +582,7 @@ mod tests {
 
     #[test]
     fn searches_mark_only_when_configured() {
-        let blocks = IpBlocks::new(vec!["10.0.0.0/30".parse().unwrap()]).unwrap();
-        let p = RoutePlanner::new(Strategy::LoadBalance, blocks, HashSet::new(), false, None).unwrap();
+        let p = RoutePlanner::new(&RoutePlannerSettings { search_triggers_fail: false, ..settings(Strategy::LoadBalance, &["10.0.0.0/30"], &[]) });
         assert_eq!(p.mark_failing(ip("10.0.0.1"), true), Marked::Search);
         assert!(p.failing().is_empty());
         p.mark_failing(ip("10.0.0.1"), false);
@@ -696,7 +604,7 @@ mod tests {
         assert!(net.contains(&a) && net.contains(&b));
         p.mark_failing(b, false);
         assert_eq!(p.acquire_at(start + Duration::from_nanos(5000), 0).unwrap(), ip("2001:db8:1::1389"), "a failing address is skipped");
-        let s = p.status();
+        let s = p.status_json();
         assert_eq!(s["class"], "NanoIpRoutePlanner");
         assert_eq!(s["details"]["ipBlock"], json!({"type": "Inet6Address", "size": "18446744073709551616"}));
         assert_eq!(s["details"]["failingAddresses"][0]["failingAddress"], "/2001:db8:1:0:0:0:0:1388");
@@ -719,23 +627,23 @@ mod tests {
         p.mark_failing(first, false);
         let second = p.acquire().unwrap();
         assert_eq!(prefix(second), 0x2001_0db8_0000_0001);
-        assert_eq!(p.status()["details"]["blockIndex"], "1");
+        assert_eq!(p.status_json()["details"]["blockIndex"], "1");
         // A late report about the first /64 does not skip the second.
         p.mark_failing(ip("2001:db8::1"), false);
-        assert_eq!(p.status()["details"]["blockIndex"], "1");
+        assert_eq!(p.status_json()["details"]["blockIndex"], "1");
         p.mark_failing(second, false);
-        assert_eq!(p.status()["details"]["blockIndex"], "0", "wraps to the first /64");
+        assert_eq!(p.status_json()["details"]["blockIndex"], "0", "wraps to the first /64");
         assert_eq!(prefix(p.acquire().unwrap()), 0x2001_0db8_0000_0000);
-        assert_eq!(p.status()["class"], "RotatingNanoIpRoutePlanner");
+        assert_eq!(p.status_json()["class"], "RotatingNanoIpRoutePlanner");
     }
 
     #[test]
     fn status_shapes() {
         let p = planner(Strategy::RotateOnBan, &["127.0.0.0/28"], &[]);
-        assert_eq!(p.status()["details"]["currentAddress"], "null");
+        assert_eq!(p.status_json()["details"]["currentAddress"], "null");
         p.acquire().unwrap();
         p.mark_failing_at(ip("127.0.0.0"), false, Instant::now(), 1_764_082_454_000);
-        let s = p.status();
+        let s = p.status_json();
         assert_eq!(
             s,
             json!({"class": "RotatingIpRoutePlanner", "details": {
@@ -743,7 +651,7 @@ mod tests {
                 "failingAddresses": [{"failingAddress": "/127.0.0.0", "failingTimestamp": 1_764_082_454_000u64, "failingTime": "Tue Nov 25 14:54:14 UTC 2025"}],
                 "rotateIndex": "0", "ipIndex": "0", "currentAddress": "/127.0.0.0"}})
         );
-        let b = planner(Strategy::LoadBalance, &["10.0.0.0/24"], &[]).status();
+        let b = planner(Strategy::LoadBalance, &["10.0.0.0/24"], &[]).status_json();
         assert_eq!(b, json!({"class": "BalancingIpRoutePlanner", "details": {"ipBlock": {"type": "Inet4Address", "size": "256"}, "failingAddresses": []}}));
     }
 

@@ -6,15 +6,43 @@
 //! over the interval ÷ (interval × cores); `cpu.systemLoad` comes from `/proc/stat` deltas. Both
 //! are cached for 30 s (§5.7) and read 0 the first time (no baseline yet).
 
-use crate::players::Registry;
+use crate::lavalink::{self, FrameStats};
+use crate::players::Players;
 use crate::supervisor::Supervisor;
-use serde_json::{json, Value};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 const CPU_REFRESH: Duration = Duration::from_secs(30);
-/// Frames expected per player per minute (20 ms each).
-pub const EXPECTED_FRAMES_PER_MINUTE: i64 = 3000;
+
+/// The node's figures at one moment.
+#[derive(Debug, Clone, Copy)]
+pub struct Snapshot {
+    pub players: usize,
+    pub playing_players: usize,
+    pub uptime_ms: u64,
+    /// Resident memory of the gateway and its workers.
+    pub memory_used: u64,
+    /// The system's available and total memory.
+    pub memory_free: u64,
+    pub memory_total: u64,
+    pub cores: usize,
+    pub system_load: f64,
+    pub node_load: f64,
+}
+
+impl Snapshot {
+    /// Lavalink's stats object; `frame_stats` only for the WebSocket op.
+    pub fn wire(&self, frame_stats: Option<FrameStats>) -> lavalink::Stats {
+        lavalink::Stats {
+            players: self.players,
+            playing_players: self.playing_players,
+            uptime: self.uptime_ms,
+            memory: lavalink::Memory { free: self.memory_free, used: self.memory_used, allocated: self.memory_used, reservable: self.memory_total },
+            cpu: lavalink::Cpu { cores: self.cores, system_load: self.system_load, lavalink_load: self.node_load },
+            frame_stats,
+        }
+    }
+}
 
 #[derive(Default)]
 struct CpuSample {
@@ -47,24 +75,26 @@ impl Stats {
         }
     }
 
-    /// The stats object; `frame_stats` is `Some` only for the WebSocket op.
-    pub fn json(&self, supervisor: &Supervisor, registry: &Registry, frame_stats: Option<Value>) -> Value {
+    /// The node's figures now.
+    pub fn snapshot(&self, supervisor: &Supervisor, players: &Players) -> Snapshot {
         let workers = supervisor.workers();
-        let worker_rss: u64 = workers.iter().filter(|w| w.pid.is_some()).filter_map(|w| w.resources).map(|r| r.rss_bytes).sum();
-        let worker_cpu_ms: u64 = workers.iter().filter(|w| w.pid.is_some()).filter_map(|w| w.resources).map(|r| r.cpu_time_ms).sum();
+        let live = workers.iter().filter(|w| w.pid.is_some()).filter_map(|w| w.resources);
+        let (worker_rss, worker_cpu_ms) = live.fold((0, 0), |(rss, cpu), r| (rss + r.rss_bytes, cpu + r.cpu_time_ms));
         let own = own_usage();
-        let used = own.0 + worker_rss;
-        let (total, available) = meminfo();
+        let (memory_total, memory_free) = meminfo();
         let (system_load, node_load) = self.cpu_loads(own.1 + worker_cpu_ms);
-        let (players, playing) = registry.player_counts();
-        json!({
-            "players": players,
-            "playingPlayers": playing,
-            "uptime": self.started.elapsed().as_millis() as u64,
-            "memory": {"free": available, "used": used, "allocated": used, "reservable": total},
-            "cpu": {"cores": self.cores, "systemLoad": system_load, "lavalinkLoad": node_load},
-            "frameStats": frame_stats,
-        })
+        let (players, playing_players) = players.counts();
+        Snapshot {
+            players,
+            playing_players,
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            memory_used: own.0 + worker_rss,
+            memory_free,
+            memory_total,
+            cores: self.cores,
+            system_load,
+            node_load,
+        }
     }
 
     fn cpu_loads(&self, node_cpu_ms: u64) -> (f64, f64) {

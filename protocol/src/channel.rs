@@ -1,7 +1,7 @@
 //! Typed async halves over tokio streams (STYLE §4): a `FrameWriter<ToWorker, _>` can only send
 //! gateway → worker messages, so a message cannot go the wrong way.
 
-use crate::frame::{self, FrameError, HEADER_LEN};
+use crate::frame::{self, Encoded, FrameError, HEADER_LEN};
 use serde::{de::DeserializeOwned, Serialize};
 use std::marker::PhantomData;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -67,6 +67,14 @@ impl<M: Serialize, W: AsyncWrite + Unpin> FrameWriter<M, W> {
         self.inner.write_all(&bytes).await?;
         self.inner.flush().await?;
         self.bytes_sent += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Sends a frame encoded earlier (see [`Encoded`]).
+    pub async fn send_encoded(&mut self, frame: &Encoded<M>) -> Result<(), FrameError> {
+        self.inner.write_all(frame.as_bytes()).await?;
+        self.inner.flush().await?;
+        self.bytes_sent += frame.len() as u64;
         Ok(())
     }
 

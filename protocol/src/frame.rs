@@ -41,6 +41,35 @@ pub fn encode<T: Serialize>(msg: &T, max: u32) -> Result<Vec<u8>, FrameError> {
     Ok(out)
 }
 
+/// A frame encoded ahead of sending, still typed by its message, so a queue can count its exact
+/// size and the writer cannot send it the wrong way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded<M> {
+    bytes: Vec<u8>,
+    _msg: std::marker::PhantomData<fn(M)>,
+}
+
+impl<M: Serialize> Encoded<M> {
+    pub fn new(msg: &M, max: u32) -> Result<Self, FrameError> {
+        Ok(Self { bytes: encode(msg, max)?, _msg: std::marker::PhantomData })
+    }
+}
+
+impl<M> Encoded<M> {
+    /// The whole frame: header and payload.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
 /// Decodes one payload, which must be consumed exactly.
 pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
     let (msg, rest) = postcard::take_from_bytes(payload)?;

@@ -11,6 +11,6 @@ pub mod track;
 #[cfg(feature = "tokio")]
 pub mod channel;
 
-pub use frame::{FrameDecoder, FrameError, HELLO_MAX_FRAME_LEN, MAX_FRAME_LEN};
+pub use frame::{Encoded, FrameDecoder, FrameError, HELLO_MAX_FRAME_LEN, MAX_FRAME_LEN};
 pub use messages::*;
 pub use track::{TrackData, TrackError, TrackInfo};

@@ -78,11 +78,11 @@ pub enum LoadResult {
     Error(TrackException),
 }
 
-/// Settings the gateway sends every worker after the hello.
+/// Settings the gateway sends every worker after the hello (always the first message after it),
+/// made from the gateway's configuration. Directories the local source may read come through the
+/// worker's environment instead: its sandbox needs them before it connects.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerSettings {
-    /// Directories the local source may read from (canonical paths); empty = none.
-    pub local_dirs: Vec<String>,
     /// Most bytes read from one source while probing it.
     pub max_probe_bytes: u64,
     /// Time allowed for one load request, in milliseconds.
@@ -104,20 +104,6 @@ pub struct RoutePlanning {
     /// Requests retried on another address after a 429 (or an address that cannot be bound);
     /// `None` = no limit (Lavalink's `retryLimit: 0`).
     pub retry_limit: Option<u32>,
-}
-
-impl Default for WorkerSettings {
-    fn default() -> Self {
-        Self {
-            local_dirs: Vec::new(),
-            max_probe_bytes: 64 * 1024 * 1024,
-            load_timeout_ms: 20_000,
-            max_playlist_entries: 100,
-            player_update_interval_ms: 5_000,
-            track_stuck_threshold_ms: 10_000,
-            route_planner: None,
-        }
-    }
 }
 
 /// A Discord voice server to connect a player to (from the bot's VOICE_SERVER_UPDATE and

@@ -1,18 +1,18 @@
 //! The worker's side of the IPC: connect, hello, then answer the gateway until told to stop.
 
 use crate::routes::Routes;
-use crate::{process, WorkerConfig};
+use crate::{process, Settings, WorkerConfig};
 use caldera_protocol::channel::{FrameReader, FrameWriter};
 use caldera_protocol::{
     build, ExceptionSeverity, FrameError, LoadRequest, LoadResult, PlayerCommand, ToGateway, ToWorker, TrackException, WorkerHello,
-    WorkerSettings, MAX_FRAME_LEN,
+    MAX_FRAME_LEN,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
-use tracing::{debug, info};
+use tracing::{debug, info, info_span, Instrument};
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const RESOURCE_INTERVAL: Duration = Duration::from_secs(2);
@@ -25,15 +25,28 @@ pub enum IpcError {
     Frame(#[from] FrameError),
     #[error("the gateway did not answer our hello")]
     NoHello,
+    #[error("the gateway did not send its settings after the hello")]
+    NoSettings,
     #[error("the gateway speaks protocol {theirs}/{theirs_build}, we speak {ours}/{ours_build}")]
     Mismatch { ours: u32, theirs: u32, ours_build: &'static str, theirs_build: String },
 }
 
+/// Connects to the gateway's socket and serves it.
 pub async fn serve(config: WorkerConfig) -> Result<(), IpcError> {
     let stream = UnixStream::connect(&config.socket)
         .await
         .map_err(|source| IpcError::Connect { path: config.socket.display().to_string(), source })?;
-    let (read, write) = stream.into_split();
+    serve_connection(stream, &config).await
+}
+
+/// The whole serving loop over a connected stream: hello, settings, then requests until the
+/// gateway says stop or goes away. Any stream will do, so tests can run a worker in-process over
+/// a socket pair (the in-process tier) as well as the real binary.
+pub async fn serve_connection<S>(stream: S, config: &WorkerConfig) -> Result<(), IpcError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (read, write) = tokio::io::split(stream);
     let mut reader = FrameReader::<ToWorker, _>::new(read, MAX_FRAME_LEN);
     let mut writer = FrameWriter::<ToGateway, _>::new(write, MAX_FRAME_LEN);
     writer
@@ -59,61 +72,70 @@ pub async fn serve(config: WorkerConfig) -> Result<(), IpcError> {
         Ok(Err(e)) => return Err(e.into()),
         _ => return Err(IpcError::NoHello),
     }
+    // The settings come right after the hello, before any request.
+    let ipc_settings = match tokio::time::timeout(HELLO_TIMEOUT, reader.recv()).await {
+        Ok(Ok(Some(ToWorker::Configure(s)))) => s,
+        Ok(Err(e)) => return Err(e.into()),
+        _ => return Err(IpcError::NoSettings),
+    };
     info!(worker_id = config.worker_id, "connected to gateway");
+    let local_dirs: Arc<[String]> = config.local_dirs.clone().into();
+    let settings = Arc::new(RwLock::new(Settings { ipc: ipc_settings, local_dirs }));
 
     // One writer task owns the socket's write half; everything else sends through `out`.
     let (out, mut out_rx) = mpsc::channel::<ToGateway>(1024);
-    let writer_task = tokio::spawn(async move {
-        while let Some(msg) = out_rx.recv().await {
-            if writer.send(&msg).await.is_err() {
-                break;
-            }
-        }
-    });
-    let reporter = {
-        let out = out.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(RESOURCE_INTERVAL);
-            loop {
-                tick.tick().await;
-                if out.send(ToGateway::Resources(process::resources())).await.is_err() {
+    let mut writer_task = tokio::spawn(
+        async move {
+            while let Some(msg) = out_rx.recv().await {
+                if writer.send(&msg).await.is_err() {
                     break;
                 }
             }
-        })
-    };
+        }
+        .instrument(info_span!("ipc_writer")),
+    );
+    // The other tasks of this connection; all of them end (or are aborted) with it.
+    let mut tasks = tokio::task::JoinSet::new();
+    let reporter = out.clone();
+    tasks.spawn(
+        async move {
+            let mut tick = tokio::time::interval(RESOURCE_INTERVAL);
+            loop {
+                tick.tick().await;
+                if reporter.send(ToGateway::Resources(process::resources())).await.is_err() {
+                    break;
+                }
+            }
+        }
+        .instrument(info_span!("resource_reporter")),
+    );
 
-    let settings = Arc::new(RwLock::new(WorkerSettings::default()));
     let routes = Arc::new(Routes::new(out.clone()));
     let mut loads = tokio::task::JoinSet::new();
+    // Players being destroyed: each gets a moment to leave its voice channel.
+    let mut leaving = tokio::task::JoinSet::new();
     let mut players: HashMap<u64, crate::player::PlayerHandle> = HashMap::new();
+    let current = |settings: &RwLock<Settings>| settings.read().unwrap_or_else(|e| e.into_inner()).clone();
     let result = loop {
-        // Reap finished loads so the set stays small.
-        while loads.try_join_next().is_some() {}
+        // Reap finished tasks so the sets stay small.
+        while loads.try_join_next().is_some() || leaving.try_join_next().is_some() {}
         match reader.recv().await {
             Ok(Some(ToWorker::Configure(s))) => {
                 debug!(?s, "settings received");
-                *settings.write().unwrap_or_else(|e| e.into_inner()) = s;
+                settings.write().unwrap_or_else(|e| e.into_inner()).ipc = s;
             }
             Ok(Some(ToWorker::Player { player, command })) => {
                 match command {
                     PlayerCommand::Create { guild_id, user_id } => {
-                        let settings = settings.read().unwrap_or_else(|e| e.into_inner()).clone();
                         // Re-creating an existing player replaces it (its old handle aborts its task).
-                        players.insert(player, crate::player::spawn(player, guild_id, user_id, settings, routes.clone(), out.clone()));
+                        players.insert(player, crate::player::spawn(player, guild_id, user_id, current(&settings), routes.clone(), out.clone()));
                     }
                     PlayerCommand::Destroy => {
-                        if let Some(p) = players.remove(&player) {
+                        if let Some(mut p) = players.remove(&player) {
                             let _ = p.commands.send(PlayerCommand::Destroy);
-                            // Let it leave the voice channel cleanly; the handle aborts it if it hangs.
-                            tokio::spawn(async move {
-                                let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                                    while !p.task.is_finished() {
-                                        tokio::time::sleep(Duration::from_millis(20)).await;
-                                    }
-                                })
-                                .await;
-                                drop(p);
+                            // Let it leave the voice channel cleanly; dropping the handle aborts it if it hangs.
+                            leaving.spawn(async move {
+                                let _ = tokio::time::timeout(Duration::from_secs(2), &mut p.task).await;
                             });
                         }
                     }
@@ -126,12 +148,15 @@ pub async fn serve(config: WorkerConfig) -> Result<(), IpcError> {
                 }
             }
             Ok(Some(ToWorker::Load { id, request })) => {
-                let settings = settings.read().unwrap_or_else(|e| e.into_inner()).clone();
+                let settings = current(&settings);
                 let (out, routes) = (out.clone(), routes.clone());
-                loads.spawn(async move {
-                    let result = load(request, settings, routes).await;
-                    let _ = out.send(ToGateway::Loaded { id, result }).await;
-                });
+                loads.spawn(
+                    async move {
+                        let result = load(request, settings, routes).await;
+                        let _ = out.send(ToGateway::Loaded { id, result }).await;
+                    }
+                    .instrument(info_span!("load", id)),
+                );
             }
             Ok(Some(ToWorker::Ping { seq })) => {
                 if out.send(ToGateway::Pong { seq }).await.is_err() {
@@ -152,16 +177,21 @@ pub async fn serve(config: WorkerConfig) -> Result<(), IpcError> {
             Err(e) => break Err(IpcError::Frame(e)),
         }
     };
-    reporter.abort();
-    loads.abort_all();
+    tasks.shutdown().await;
+    loads.shutdown().await;
     drop(players);
+    leaving.shutdown().await;
     drop(out);
-    let _ = tokio::time::timeout(Duration::from_secs(1), writer_task).await;
+    drop(routes);
+    // The writer drains what is queued (bounded in time), then stops.
+    if tokio::time::timeout(Duration::from_secs(1), &mut writer_task).await.is_err() {
+        writer_task.abort();
+    }
     result
 }
 
 /// Runs one load on a blocking thread, bounded by the configured timeout.
-async fn load(request: LoadRequest, settings: WorkerSettings, routes: Arc<Routes>) -> LoadResult {
+async fn load(request: LoadRequest, settings: Settings, routes: Arc<Routes>) -> LoadResult {
     let timeout = Duration::from_millis(settings.load_timeout_ms);
     let task = tokio::task::spawn_blocking(move || crate::sources::load(&request, &settings, routes.outbound(settings.route_planner)));
     match tokio::time::timeout(timeout, task).await {

@@ -3,6 +3,8 @@
 
 pub mod dsp;
 mod ipc;
+
+pub use ipc::{serve_connection, IpcError};
 mod player;
 mod process;
 mod routes;
@@ -10,6 +12,23 @@ pub mod sandbox;
 pub mod sources;
 
 use std::path::PathBuf;
+use std::sync::Arc;
+
+/// What a worker runs with: the gateway's settings (sent after the hello) and the directories the
+/// local source may read (from the environment, which the sandbox needed before connecting).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub ipc: caldera_protocol::WorkerSettings,
+    pub local_dirs: Arc<[String]>,
+}
+
+impl std::ops::Deref for Settings {
+    type Target = caldera_protocol::WorkerSettings;
+
+    fn deref(&self) -> &Self::Target {
+        &self.ipc
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {

@@ -2,14 +2,23 @@
 
 use caldera_protocol::{ExceptionSeverity, LoadRequest, LoadResult, WorkerSettings};
 use caldera_worker::sources::load;
+use caldera_worker::Settings;
 use std::path::{Path, PathBuf};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").canonicalize().unwrap()
 }
 
-fn settings(dir: &Path) -> WorkerSettings {
-    WorkerSettings { local_dirs: vec![dir.display().to_string()], ..Default::default() }
+fn settings(dir: &Path) -> Settings {
+    let ipc = WorkerSettings {
+        max_probe_bytes: 64 << 20,
+        load_timeout_ms: 20_000,
+        max_playlist_entries: 100,
+        player_update_interval_ms: 5_000,
+        track_stuck_threshold_ms: 10_000,
+        route_planner: None,
+    };
+    Settings { ipc, local_dirs: vec![dir.display().to_string()].into() }
 }
 
 fn load_file(path: &Path, dir: &Path) -> LoadResult {

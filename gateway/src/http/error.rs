@@ -9,7 +9,6 @@ use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
 
 /// An error a route returns; rendered by [`error_body`].
 #[derive(Debug, Clone)]
@@ -47,17 +46,6 @@ impl IntoResponse for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    timestamp: i64,
-    status: u16,
-    error: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    trace: Option<String>,
-    message: String,
-    path: &'a str,
-}
-
 /// Writes the error body for every 4xx/5xx response that does not carry a JSON body already.
 pub async fn error_body(req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
@@ -88,8 +76,8 @@ pub async fn error_body(req: Request, next: Next) -> Response {
             (message, None)
         }
     };
-    let body = ErrorBody {
-        timestamp: now_ms(),
+    let body = crate::lavalink::Error {
+        timestamp: crate::clock::unix_ms(),
         status: status.as_u16(),
         error: status.canonical_reason().unwrap_or("Error"),
         trace: if want_trace { Some(trace.unwrap_or_else(|| message.clone())) } else { None },
@@ -108,11 +96,4 @@ fn default_message(status: StatusCode) -> String {
         StatusCode::METHOD_NOT_ALLOWED => "Method Not Allowed".into(),
         s => s.canonical_reason().unwrap_or("Error").into(),
     }
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

@@ -1,6 +1,7 @@
 //! The REST surface (axum): routes, authorization, Lavalink's headers and error shape.
 
 pub(crate) mod auth;
+mod caldera;
 pub mod error;
 mod info;
 mod players;
@@ -10,29 +11,20 @@ mod websocket;
 
 pub use error::ApiError;
 
-use crate::config::Config;
-use crate::players::Registry;
-use crate::supervisor::Supervisor;
+use crate::node::Node;
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{middleware, Router};
 use std::sync::Arc;
 
-/// What every handler can reach.
+/// What every handler can reach: the node, and the HTTP layer's own state.
 #[derive(Clone)]
 pub struct AppState {
-    pub config: Arc<Config>,
+    pub node: Arc<Node>,
     pub password: Arc<str>,
-    pub supervisor: Arc<Supervisor>,
-    pub registry: Arc<Registry>,
-    pub stats: Arc<crate::stats::Stats>,
-    /// Cancelled when the node stops: WebSocket tasks close with 1001.
-    pub stopping: tokio_util::sync::CancellationToken,
     /// Live WebSocket tasks, so shutdown can wait for their close frames.
     pub websockets: Arc<WebSockets>,
-    /// Prometheus, when `metrics.prometheus.enabled`.
-    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// Tracks WebSocket tasks for shutdown.
@@ -55,34 +47,26 @@ impl WebSockets {
 }
 
 impl AppState {
-    pub fn new(
-        config: Arc<Config>,
-        supervisor: Arc<Supervisor>,
-        registry: Arc<Registry>,
-        stats: Arc<crate::stats::Stats>,
-        stopping: tokio_util::sync::CancellationToken,
-        metrics: Option<Arc<crate::metrics::Metrics>>,
-    ) -> Self {
-        let password = config.lavalink.server.password.as_str().into();
-        Self { config, password, supervisor, registry, stats, stopping, websockets: Arc::default(), metrics }
+    pub fn new(node: Arc<Node>) -> Self {
+        let password = node.settings.password.as_str().into();
+        Self { node, password, websockets: Arc::default() }
     }
 }
 
 pub fn router(state: AppState) -> Router {
-    let prometheus = &state.config.metrics.prometheus;
-    let metrics_route = Router::new().route(&prometheus.endpoint, get(metrics));
-    let (metrics_open, metrics_authorized) = match (&state.metrics, prometheus.auth) {
-        (None, _) => (Router::new(), Router::new()),
+    let prometheus = state.node.settings.prometheus.as_ref().filter(|_| state.node.prometheus.is_some());
+    let (metrics_open, metrics_authorized) = match prometheus {
+        None => (Router::new(), Router::new()),
         // `metrics.prometheus.auth: false` serves metrics without the password (Caldera extension).
-        (Some(_), false) => (metrics_route, Router::new()),
-        (Some(_), true) => (Router::new(), metrics_route),
+        Some(p) if !p.auth => (Router::new().route(&p.endpoint, get(metrics)), Router::new()),
+        Some(p) => (Router::new(), Router::new().route(&p.endpoint, get(metrics))),
     };
     let authorized = Router::new()
         .merge(metrics_authorized)
         .route("/v4/info", get(info::info))
         .route("/v4/stats", get(stats))
-        .route("/v4/caldera/connections", get(websocket::connections))
-        .route("/v4/caldera/workers", get(workers))
+        .route("/v4/caldera/connections", get(caldera::connections))
+        .route("/v4/caldera/workers", get(caldera::workers))
         .route("/v4/loadtracks", get(tracks::load_tracks))
         .route("/v4/decodetrack", get(tracks::decode_track))
         .route("/v4/decodetracks", post(tracks::decode_tracks))
@@ -111,15 +95,15 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// `GET /v4/stats`: without frameStats, as Lavalink (no session context).
-async fn stats(axum::extract::State(state): axum::extract::State<AppState>) -> axum::Json<serde_json::Value> {
-    axum::Json(state.stats.json(&state.supervisor, &state.registry, None))
+async fn stats(axum::extract::State(state): axum::extract::State<AppState>) -> axum::Json<crate::lavalink::Stats> {
+    axum::Json(state.node.stats())
 }
 
 /// The Prometheus endpoint.
 async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
     use axum::response::IntoResponse;
-    match &state.metrics {
-        Some(m) => ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render(&state)).into_response(),
+    match state.node.render_metrics() {
+        Some(text) => ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
         None => ApiError::not_found("Not Found").into_response(),
     }
 }
@@ -133,36 +117,8 @@ async fn record_request(req: axum::extract::Request, next: middleware::Next) -> 
         .unwrap_or_else(|| "unmatched".into());
     let started = std::time::Instant::now();
     let res = next.run(req).await;
-    crate::metrics::record_request(&route, res.status().as_u16(), started.elapsed());
+    crate::telemetry::record_request(&route, res.status().as_u16(), started.elapsed());
     res
-}
-
-/// `GET /v4/caldera/workers`: each worker process and how it is doing.
-async fn workers(axum::extract::State(state): axum::extract::State<AppState>) -> axum::Json<serde_json::Value> {
-    let figures = state.registry.worker_figures();
-    let list: Vec<serde_json::Value> = state
-        .supervisor
-        .workers()
-        .iter()
-        .map(|w| {
-            let r = w.resources.unwrap_or_default();
-            serde_json::json!({
-                "id": w.worker_id,
-                "pid": w.pid,
-                "state": format!("{:?}", w.state).to_lowercase(),
-                "players": figures.get(&w.worker_id).map(|f| f.players).unwrap_or(0),
-                "cpuTimeMs": r.cpu_time_ms,
-                "rssBytes": r.rss_bytes,
-                "threads": r.threads,
-                "uptimeMs": w.ready_since.map(|t| t.elapsed().as_millis() as u64),
-                "restarts": w.restarts,
-                "lastPingRttMs": w.last_ping_rtt.map(|d| d.as_secs_f64() * 1000.0),
-                "missedPings": w.missed_pings,
-                "lastExit": w.last_exit,
-            })
-        })
-        .collect();
-    axum::Json(serde_json::json!({"workers": list}))
 }
 
 async fn not_found() -> ApiError {

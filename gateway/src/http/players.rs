@@ -1,17 +1,16 @@
 //! Player routes: `GET/PATCH/DELETE /v4/sessions/{sessionId}/players[/{guildId}]`.
 
 use super::error::ApiError;
-use super::tracks::classify;
+use super::tracks::{classify, load_deadline};
 use super::AppState;
 use crate::players::{PlayerError, PlayerUpdate, Resolved, TrackChange, TrackRequest};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
+use crate::lavalink;
 use caldera_protocol::{LoadResult, TrackData};
 use serde::Deserialize;
-use serde_json::Value;
-use std::time::Duration;
 
 impl From<PlayerError> for ApiError {
     fn from(e: PlayerError) -> Self {
@@ -27,18 +26,18 @@ fn guild_id(raw: &str) -> Result<u64, ApiError> {
     raw.parse::<u64>().ok().filter(|g| *g != 0).ok_or_else(|| ApiError::bad_request(format!("Invalid guild id `{raw}`")))
 }
 
-pub async fn get_players(State(state): State<AppState>, Path(session): Path<String>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(state.registry.players_json(&session)?))
+pub async fn get_players(State(state): State<AppState>, Path(session): Path<String>) -> Result<Json<Vec<lavalink::Player>>, ApiError> {
+    Ok(Json(state.node.players.list(&session)?))
 }
 
-pub async fn get_player(State(state): State<AppState>, Path((session, guild)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
+pub async fn get_player(State(state): State<AppState>, Path((session, guild)): Path<(String, String)>) -> Result<Json<lavalink::Player>, ApiError> {
     let guild = guild_id(&guild)?;
-    Ok(Json(state.registry.player_json(&session, guild)?))
+    Ok(Json(state.node.players.get(&session, guild)?))
 }
 
 pub async fn delete_player(State(state): State<AppState>, Path((session, guild)): Path<(String, String)>) -> Result<StatusCode, ApiError> {
     let guild = guild_id(&guild)?;
-    state.registry.destroy(&session, guild)?;
+    state.node.players.destroy(&session, guild)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -54,16 +53,16 @@ pub async fn update_player(
     Path((session, guild)): Path<(String, String)>,
     Query(query): Query<UpdateQuery>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<lavalink::Player>, ApiError> {
     let guild = guild_id(&guild)?;
-    if !state.registry.has_session(&session) {
+    if !state.node.sessions.exists(&session) {
         return Err(PlayerError::SessionNotFound.into());
     }
     let update: PlayerUpdate = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("Invalid player update: {e}")))?;
     let (request, user_data) = update.validate().map_err(ApiError::bad_request)?;
     // Filters are checked before any track is loaded, so a bad request costs nothing.
     let filters = match &update.filters {
-        Some(f) => Some(crate::players::filters::parse(f, &state.config.lavalink.server.filters).map_err(ApiError::bad_request)?),
+        Some(f) => Some(crate::players::filters::parse(f, &state.node.settings.filters).map_err(ApiError::bad_request)?),
         None => None,
     };
     let track = match request {
@@ -80,7 +79,7 @@ pub async fn update_player(
         }
     };
     let resolved = Resolved::new(&update, track, user_data, filters, query.no_replace);
-    Ok(Json(state.registry.apply(&session, guild, resolved)?))
+    Ok(Json(state.node.players.apply(&session, guild, resolved)?))
 }
 
 /// Loads an identifier that must resolve to exactly one track.
@@ -88,8 +87,7 @@ async fn load_single(state: &AppState, identifier: &str) -> Result<TrackData, Ap
     let Some(request) = classify(identifier, state) else {
         return Err(ApiError::bad_request(format!("No matches found for identifier `{identifier}`")));
     };
-    let timeout = Duration::from_millis(state.config.caldera.load_timeout_ms) + Duration::from_secs(5);
-    match state.supervisor.load(request, timeout).await {
+    match state.node.supervisor.load(request, load_deadline(state)).await {
         LoadResult::Track(t) => Ok(t),
         LoadResult::Playlist { .. } | LoadResult::Search(_) => {
             Err(ApiError::bad_request(format!("The identifier `{identifier}` loads several tracks; use /v4/loadtracks and pick one")))

@@ -15,14 +15,14 @@ fn disabled() -> ApiError {
 }
 
 pub async fn status(State(state): State<AppState>) -> Response {
-    match state.supervisor.route_planner() {
+    match state.node.supervisor.route_planner() {
         Some(planner) => Json(planner.status()).into_response(),
         None => StatusCode::NO_CONTENT.into_response(),
     }
 }
 
 pub async fn free_address(State(state): State<AppState>, body: Bytes) -> Result<StatusCode, ApiError> {
-    let planner = state.supervisor.route_planner().ok_or_else(disabled)?;
+    let planner = state.node.supervisor.route_planner().ok_or_else(disabled)?;
     #[derive(serde::Deserialize)]
     struct Body {
         address: String,
@@ -38,6 +38,6 @@ pub async fn free_address(State(state): State<AppState>, body: Bytes) -> Result<
 }
 
 pub async fn free_all(State(state): State<AppState>) -> Result<StatusCode, ApiError> {
-    state.supervisor.route_planner().ok_or_else(disabled)?.free_all();
+    state.node.supervisor.route_planner().ok_or_else(disabled)?.free_all();
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,25 +1,30 @@
 //! `GET /v4/websocket` and `PATCH /v4/sessions/{sessionId}`: client sessions, resumable as in
 //! Lavalink (lavalink-internals §3).
+//!
+//! Each socket's messages come from its session's bounded outbox. A client that stops reading is
+//! dropped, either when its outbox overflows or when one send takes longer than [`SEND_TIMEOUT`].
 
 use super::auth;
 use super::error::ApiError;
 use super::AppState;
+use crate::lavalink::SessionSettings;
+use crate::sessions::{Attachment, ConnectionInfo, Next, Traffic};
+use crate::telemetry;
 use axum::body::Bytes;
-use crate::players::{ConnectionInfo, Traffic};
 use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Value};
-use tokio::sync::mpsc;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
 
 const STATS_INTERVAL: Duration = Duration::from_secs(60);
+/// Longest one message may take to go out before the client counts as not reading.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub async fn websocket(
     State(state): State<AppState>,
@@ -37,7 +42,7 @@ pub async fn websocket(
         .ok_or_else(|| ApiError::bad_request("Missing or invalid User-Id header"))?;
     let client_name = text("client-name").unwrap_or("unknown").chars().take(200).collect::<String>();
     // A Session-Id of a resumable session resumes it; anything else opens a new session.
-    let claim = text("session-id").and_then(|id| state.registry.claim(id).map(|generation| (id.to_string(), generation)));
+    let claim = text("session-id").and_then(|id| state.node.sessions.claim(id).map(|generation| (id.to_string(), generation)));
     let resumed = claim.is_some();
     let mut res = ws.on_upgrade(move |socket| run(state, socket, remote, user_id, client_name, claim));
     res.headers_mut().insert("session-resumed", HeaderValue::from_static(if resumed { "true" } else { "false" }));
@@ -47,39 +52,44 @@ pub async fn websocket(
 async fn run(state: AppState, mut socket: WebSocket, remote: SocketAddr, user_id: u64, client_name: String, claim: Option<(String, u64)>) {
     // Graceful shutdown waits for this task (it closes the socket with 1001).
     let Some(_running) = state.websockets.token() else { return };
+    let node = &state.node;
     let traffic = Arc::new(Traffic::default());
     let conn = || ConnectionInfo::new(Some(remote), traffic.clone());
-    let (out, mut rx) = mpsc::unbounded_channel::<String>();
-    let session_id = match claim {
-        Some((id, generation)) if state.registry.attach(&id, generation, conn(), out.clone()) => id,
-        _ => state.registry.open_session(user_id, client_name.clone(), conn(), out.clone()),
+    let resumed = claim.and_then(|(id, generation)| {
+        let updates = node.players.resume_updates(&id);
+        node.sessions.attach(&id, generation, conn(), updates)
+    });
+    let attachment: Attachment = match resumed {
+        Some(a) => a,
+        None => node.sessions.open(user_id, client_name.clone(), conn()),
     };
+    let session_id = attachment.session_id.clone();
     info!(session = %session_id, user_id, client = %client_name, %remote, "session connected");
-    crate::metrics::record_ws_opened();
+    telemetry::record_ws_opened();
     // Stats right after ready (queued behind it), then every minute (lavalink-internals §4.1).
-    let stats = |state: &AppState| {
-        let mut v = state.stats.json(&state.supervisor, &state.registry, state.registry.frame_stats(&session_id));
-        v["op"] = json!("stats");
-        v.to_string()
-    };
-    let _ = out.send(stats(&state));
-    drop(out);
+    node.sessions.send(&session_id, &node.stats_op(&session_id));
     let mut every_minute = tokio::time::interval_at(tokio::time::Instant::now() + STATS_INTERVAL, STATS_INTERVAL);
-    let stopping = state.stopping.clone();
     // How the socket ended: the client's close code, 1001 at shutdown, 1006 when it just dropped.
     let mut close = close_code::ABNORMAL;
     loop {
         let text = tokio::select! {
-            _ = stopping.cancelled() => {
+            _ = node.stop.cancelled() => {
                 let frame = CloseFrame { code: close_code::AWAY, reason: "Server is shutting down".into() };
-                let _ = socket.send(Message::Close(Some(frame))).await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(Message::Close(Some(frame)))).await;
                 close = close_code::AWAY;
                 break;
             }
-            _ = every_minute.tick() => stats(&state),
-            msg = rx.recv() => match msg {
-                Some(text) => text,
-                None => break,
+            _ = every_minute.tick() => {
+                node.sessions.send(&session_id, &node.stats_op(&session_id));
+                continue;
+            }
+            next = attachment.outbox.next() => match next {
+                Next::Message(text) => text,
+                Next::Closed => break,
+                Next::Overflowed => {
+                    close = close_code::POLICY;
+                    break;
+                }
             },
             incoming = socket.recv() => {
                 match incoming {
@@ -91,27 +101,34 @@ async fn run(state: AppState, mut socket: WebSocket, remote: SocketAddr, user_id
                     // Lavalink v4 takes no client messages (lavalink-internals §5.9).
                     Some(Ok(Message::Text(t))) => {
                         traffic.received(t.len());
-                        crate::metrics::record_ws_message(false, t.len());
+                        telemetry::record_ws_message(false, t.len());
                         warn!(session = %session_id, len = t.len(), "ignoring a client text message");
                     }
                     // Pings are answered by the websocket layer.
                     Some(Ok(m)) => {
                         let len = m.into_data().len();
                         traffic.received(len);
-                        crate::metrics::record_ws_message(false, len);
+                        telemetry::record_ws_message(false, len);
                     }
                 }
                 continue;
             }
         };
         traffic.sent(text.len());
-        crate::metrics::record_ws_message(true, text.len());
-        if socket.send(Message::Text(text.into())).await.is_err() {
-            break;
+        telemetry::record_ws_message(true, text.len());
+        match tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text.into()))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => break,
+            Err(_) => {
+                warn!(session = %session_id, "client did not take a message in {SEND_TIMEOUT:?}; dropping it");
+                telemetry::record_ws_slow_consumer();
+                close = close_code::POLICY;
+                break;
+            }
         }
     }
-    state.registry.disconnected(&session_id);
-    crate::metrics::record_ws_closed(close);
+    node.sessions.disconnected(&attachment);
+    telemetry::record_ws_closed(close);
     info!(session = %session_id, close, "session disconnected");
 }
 
@@ -122,7 +139,7 @@ struct SessionUpdate {
     timeout: Option<i64>,
 }
 
-pub async fn update_session(State(state): State<AppState>, Path(id): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
+pub async fn update_session(State(state): State<AppState>, Path(id): Path<String>, body: Bytes) -> Result<Json<SessionSettings>, ApiError> {
     let update: SessionUpdate = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("Invalid session update: {e}")))?;
     if let Some(t) = update.timeout {
         if t < 0 {
@@ -130,13 +147,9 @@ pub async fn update_session(State(state): State<AppState>, Path(id): Path<String
         }
     }
     let (resuming, timeout) = state
-        .registry
-        .configure_session(&id, update.resuming, update.timeout.map(|t| t as u64))
+        .node
+        .sessions
+        .configure(&id, update.resuming, update.timeout.map(|t| t as u64))
         .ok_or_else(|| ApiError::not_found("Session not found"))?;
-    Ok(Json(json!({"resuming": resuming, "timeout": timeout})))
-}
-
-/// `GET /v4/caldera/connections`.
-pub async fn connections(State(state): State<AppState>) -> Json<Value> {
-    Json(state.registry.connections_json())
+    Ok(Json(SessionSettings { resuming, timeout }))
 }

@@ -11,18 +11,11 @@ use crate::config::FiltersConfig;
 use caldera_protocol::{Distortion, Filters, Karaoke, Lfo, Timescale};
 use serde_json::Value;
 
-/// Filters this node implements.
-pub const IMPLEMENTED: &[&str] = &["volume", "equalizer", "karaoke", "timescale", "tremolo", "vibrato", "distortion", "rotation", "channelMix", "lowPass"];
-
 /// Parses and validates; `Err` is the 400 message.
 pub fn parse(value: &Value, config: &FiltersConfig) -> Result<Filters, String> {
     let obj = value.as_object().ok_or("filters must be a JSON object")?;
     let present = |name: &str| obj.get(name).is_some_and(|v| !v.is_null());
-    let enabled = config.enabled();
-    let disabled: Vec<&str> = ["volume", "equalizer", "karaoke", "timescale", "tremolo", "vibrato", "distortion", "rotation", "channelMix", "lowPass"]
-        .into_iter()
-        .filter(|n| present(n) && !enabled.contains(n))
-        .collect();
+    let disabled: Vec<&str> = config.list().into_iter().filter(|(name, on)| !on && present(name)).map(|(name, _)| name).collect();
     if !disabled.is_empty() {
         return Err(format!("Following filters are disabled in the config: {}", disabled.join(", ")));
     }

@@ -1,7 +1,7 @@
 //! `PATCH /v4/sessions/{sessionId}/players/{guildId}`: parsing, validation (Lavalink's 400s) and
 //! applying an update to a player (lavalink-internals §1.2–1.5, §5.11).
 
-use super::{Player, PlayerTrack, Voice};
+use super::player::{Player, PlayerTrack};
 use caldera_protocol::{Filters, PlayerCommand, TrackData, VoiceServer};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
@@ -108,23 +108,21 @@ impl PlayerUpdate {
     }
 }
 
-fn voice_of(v: &VoiceUpdate) -> Result<Voice, String> {
+fn voice_of(v: &VoiceUpdate) -> Result<VoiceServer, String> {
     let field = |value: &Option<String>, name: &str| -> Result<String, String> {
         match value.as_deref().map(str::trim) {
             Some(s) if !s.is_empty() => Ok(s.to_string()),
             _ => Err(format!("Partial Lavalink voice state: {name} is missing or blank; token, endpoint, sessionId and channelId are required")),
         }
     };
-    let voice = Voice {
+    let channel = field(&v.channel_id, "channelId")?;
+    let channel_id = channel.parse::<u64>().ok().filter(|c| *c != 0).ok_or_else(|| format!("channelId must be a Discord snowflake, got `{channel}`"))?;
+    Ok(VoiceServer {
         token: field(&v.token, "token")?,
         endpoint: field(&v.endpoint, "endpoint")?,
         session_id: field(&v.session_id, "sessionId")?,
-        channel_id: field(&v.channel_id, "channelId")?,
-    };
-    if voice.channel_id.parse::<u64>().map_or(true, |c| c == 0) {
-        return Err(format!("channelId must be a Discord snowflake, got `{}`", voice.channel_id));
-    }
-    Ok(voice)
+        channel_id,
+    })
 }
 
 /// A validated update whose track (if any) has been resolved.
@@ -136,9 +134,8 @@ pub struct Resolved {
     pub end_time: Option<Option<u64>>,
     pub volume: Option<u16>,
     pub paused: Option<bool>,
-    /// The filters as sent (echoed in the player JSON) and as parsed.
-    pub filters: Option<(Value, Filters)>,
-    pub voice: Option<Voice>,
+    pub filters: Option<Filters>,
+    pub voice: Option<VoiceServer>,
     pub no_replace: bool,
 }
 
@@ -164,7 +161,7 @@ impl Resolved {
             end_time: update.end_time.map(|e| e.map(|ms| ms as u64)),
             volume: update.volume.map(|v| v as u16),
             paused: update.paused,
-            filters: update.filters.clone().zip(filters),
+            filters,
             voice: update.voice.as_ref().and_then(|v| voice_of(v).ok()),
             no_replace,
         }
@@ -175,12 +172,7 @@ impl Resolved {
         let mut commands = Vec::new();
         if let Some(v) = self.voice {
             if p.voice.as_ref() != Some(&v) {
-                commands.push(PlayerCommand::Voice(VoiceServer {
-                    token: v.token.clone(),
-                    endpoint: v.endpoint.clone(),
-                    session_id: v.session_id.clone(),
-                    channel_id: v.channel_id.parse().unwrap_or(0),
-                }));
+                commands.push(PlayerCommand::Voice(v.clone()));
                 p.voice = Some(v);
             }
         }
@@ -188,10 +180,9 @@ impl Resolved {
             p.volume = volume;
             commands.push(PlayerCommand::Volume(volume));
         }
-        if let Some((raw, parsed)) = self.filters {
-            p.filters = raw;
-            p.filters_parsed = parsed.clone();
-            commands.push(PlayerCommand::Filters(parsed));
+        if let Some(filters) = self.filters {
+            p.filters = filters.clone();
+            commands.push(PlayerCommand::Filters(filters));
         }
         if let Some(end) = self.end_time {
             p.end_time = end;
@@ -208,7 +199,7 @@ impl Resolved {
                 p.track = Some(t);
                 p.paused = paused;
                 p.state.position_ms = start;
-                p.state.time_ms = crate::http::error::now_ms();
+                p.state.time_ms = crate::clock::unix_ms();
                 commands.push(PlayerCommand::Play { track_seq: seq, track: *data, start_ms: start, end_ms: p.end_time, paused });
             }
             TrackChange::Stop => {
@@ -236,7 +227,7 @@ impl Resolved {
                 }
                 if let (Some(position), Some(_)) = (self.position, p.track.as_ref()) {
                     p.state.position_ms = position;
-                    p.state.time_ms = crate::http::error::now_ms();
+                    p.state.time_ms = crate::clock::unix_ms();
                     commands.push(PlayerCommand::Seek { position_ms: position });
                 }
             }

@@ -8,8 +8,9 @@ mod spawn;
 pub use ipc::{HandshakeError, RuntimeDir, HELLO_TIMEOUT};
 pub use slot::{Backoff, WorkerState, WorkerStatus};
 
+use crate::config::Settings;
 use crate::routeplanner::RoutePlanner;
-use caldera_protocol::{ExceptionSeverity, LoadRequest, LoadResult, PlayerEvent, ToWorker, TrackException, WorkerSettings};
+use caldera_protocol::{Encoded, ExceptionSeverity, LoadRequest, LoadResult, PlayerEvent, ToWorker, TrackException, WorkerSettings, MAX_FRAME_LEN};
 use spawn::{SpawnSpec, Spawner};
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -18,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::UnixListener;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, info_span, warn, Instrument};
@@ -53,18 +54,104 @@ pub struct SupervisorConfig {
 }
 
 impl SupervisorConfig {
-    pub fn new(workers: usize, worker_binary: PathBuf) -> Self {
+    pub fn new(settings: &Settings, route_planner: Option<Arc<RoutePlanner>>) -> Self {
+        let local_dirs: Vec<String> = settings.local_directories.iter().map(|d| d.display().to_string()).collect();
+        let mut worker_env: Vec<(String, OsString)> = vec![
+            ("CALDERA_SANDBOX".into(), settings.sandbox.as_str().into()),
+            ("CALDERA_LOCAL_DIRS".into(), local_dirs.join("\n").into()),
+        ];
+        if let Some(bytes) = settings.memory_limit {
+            worker_env.push(("CALDERA_WORKER_MEMORY_LIMIT".into(), bytes.to_string().into()));
+        }
         Self {
-            workers,
-            worker_binary,
+            workers: settings.workers,
+            worker_binary: settings.worker_binary.clone(),
             ping_interval: Duration::from_secs(1),
             ping_timeout: Duration::from_secs(5),
             hello_timeout: Duration::from_secs(10),
-            settings: WorkerSettings::default(),
-            worker_env: Vec::new(),
-            route_planner: None,
+            settings: settings.worker_settings(),
+            worker_env,
+            route_planner,
         }
     }
+}
+
+/// Most messages queued for one worker; a worker that lets this many pile up is not reading.
+const OUTBOUND_MESSAGES: usize = 4096;
+/// Most bytes queued for one worker.
+const OUTBOUND_BYTES: usize = 16 << 20;
+/// Worker events queued for the player registry. A full queue stalls the workers' readers (so a
+/// flooding worker stops being read and misses its pings), never the gateway's memory.
+pub const EVENT_QUEUE: usize = 4096;
+
+/// A message for a worker, with its share of the queue's byte budget.
+pub(crate) struct Queued {
+    pub frame: Encoded<ToWorker>,
+    _bytes: OwnedSemaphorePermit,
+}
+
+/// The queue to one connected worker: bounded in messages (the channel) and in bytes (the
+/// permits each message holds until it is written). `jammed` asks the slot to kill the worker
+/// once it stops taking messages.
+#[derive(Clone)]
+pub(crate) struct Outbound {
+    tx: mpsc::Sender<Queued>,
+    bytes: Arc<Semaphore>,
+    pub jammed: CancellationToken,
+}
+
+impl Outbound {
+    pub fn new() -> (Self, mpsc::Receiver<Queued>) {
+        let (tx, rx) = mpsc::channel(OUTBOUND_MESSAGES);
+        (Self { tx, bytes: Arc::new(Semaphore::new(OUTBOUND_BYTES)), jammed: CancellationToken::new() }, rx)
+    }
+
+    fn permit(&self, frame: &Encoded<ToWorker>) -> Result<OwnedSemaphorePermit, SendError> {
+        match self.bytes.clone().try_acquire_many_owned(frame.len().min(OUTBOUND_BYTES) as u32) {
+            Ok(p) => Ok(p),
+            Err(TryAcquireError::NoPermits) => Err(SendError::Full),
+            Err(TryAcquireError::Closed) => Err(SendError::NotConnected),
+        }
+    }
+
+    /// Queues without waiting. A full queue means the worker stopped reading: it is marked
+    /// jammed, and its slot kills it (its players are then restored from the registry).
+    pub fn try_send(&self, msg: &ToWorker) -> Result<(), SendError> {
+        let frame = Encoded::new(msg, MAX_FRAME_LEN).map_err(|e| SendError::Encode(e.to_string()))?;
+        let result = self.permit(&frame).and_then(|permit| {
+            self.tx.try_send(Queued { frame, _bytes: permit }).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => SendError::Full,
+                mpsc::error::TrySendError::Closed(_) => SendError::NotConnected,
+            })
+        });
+        if matches!(result, Err(SendError::Full)) {
+            self.jammed.cancel();
+        }
+        result
+    }
+
+    /// Queues, waiting for room.
+    pub async fn send(&self, msg: &ToWorker) -> Result<(), SendError> {
+        let frame = Encoded::new(msg, MAX_FRAME_LEN).map_err(|e| SendError::Encode(e.to_string()))?;
+        let permit = self
+            .bytes
+            .clone()
+            .acquire_many_owned(frame.len().min(OUTBOUND_BYTES) as u32)
+            .await
+            .map_err(|_| SendError::NotConnected)?;
+        self.tx.send(Queued { frame, _bytes: permit }).await.map_err(|_| SendError::NotConnected)
+    }
+}
+
+/// Why a message could not be queued for a worker.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("the worker is not connected")]
+    NotConnected,
+    #[error("the worker's queue is full; it is being killed and its players restored")]
+    Full,
+    #[error("the message cannot be encoded: {0}")]
+    Encode(String),
 }
 
 /// State shared by the slots and readers of worker status.
@@ -74,13 +161,13 @@ pub(crate) struct Shared {
     pub pending: ipc::PendingSpawns,
     pub socket_path: PathBuf,
     pub status: Mutex<Vec<WorkerStatus>>,
-    pub outbound: Mutex<Vec<Option<mpsc::Sender<ToWorker>>>>,
+    pub outbound: Mutex<Vec<Option<Outbound>>>,
     pub changed: watch::Sender<u64>,
     /// Requests sent to a worker and not answered yet: id → (worker, reply).
     pub requests: Mutex<HashMap<u64, (u32, oneshot::Sender<LoadResult>)>>,
     pub next_request: AtomicU64,
     /// Player events from workers, and word of workers that went away.
-    pub player_events: mpsc::UnboundedSender<WorkerEvent>,
+    pub player_events: mpsc::Sender<WorkerEvent>,
 }
 
 /// What the supervisor tells the player registry.
@@ -104,20 +191,20 @@ impl Shared {
         self.changed.send_modify(|n| *n += 1);
     }
 
-    pub fn set_outbound(&self, worker_id: u32, tx: Option<mpsc::Sender<ToWorker>>) {
+    pub fn set_outbound(&self, worker_id: u32, tx: Option<Outbound>) {
         let mut all = self.outbound.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(slot) = all.get_mut(worker_id as usize) {
             *slot = tx;
         }
     }
 
-    /// Queues a message for a worker; `false` if it is not connected or not keeping up.
-    pub fn send(&self, worker_id: u32, msg: ToWorker) -> bool {
-        let outbound = self.outbound.lock().unwrap_or_else(|e| e.into_inner());
-        match outbound.get(worker_id as usize).and_then(|tx| tx.as_ref()) {
-            Some(tx) => tx.try_send(msg).is_ok(),
-            None => false,
-        }
+    fn outbound(&self, worker_id: u32) -> Option<Outbound> {
+        self.outbound.lock().unwrap_or_else(|e| e.into_inner()).get(worker_id as usize).cloned().flatten()
+    }
+
+    /// Queues a message for a worker without waiting (see [`Outbound::try_send`]).
+    pub fn send(&self, worker_id: u32, msg: &ToWorker) -> Result<(), SendError> {
+        self.outbound(worker_id).ok_or(SendError::NotConnected)?.try_send(msg)
     }
 
     /// Delivers a worker's answer, if that worker was really asked (its frames are hostile).
@@ -136,9 +223,10 @@ impl Shared {
 
     /// A worker's connection ended: its pending requests fail (their callers see a fault) and
     /// the registry hears that its players are gone.
-    pub fn worker_lost(&self, worker_id: u32) {
+    pub async fn worker_lost(&self, worker_id: u32) {
+        self.set_outbound(worker_id, None);
         self.requests.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, (w, _)| *w != worker_id);
-        let _ = self.player_events.send(WorkerEvent::Lost { worker: worker_id });
+        let _ = self.player_events.send(WorkerEvent::Lost { worker: worker_id }).await;
     }
 
     fn in_flight(&self, worker_id: u32) -> usize {
@@ -172,10 +260,7 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// Creates the IPC socket and starts one slot per worker. Returns at once; see [`Self::wait_ready`].
-    pub fn start(
-        config: SupervisorConfig,
-        player_events: mpsc::UnboundedSender<WorkerEvent>,
-    ) -> Result<Self, SupervisorError> {
+    pub fn start(config: SupervisorConfig, player_events: mpsc::Sender<WorkerEvent>) -> Result<Self, SupervisorError> {
         if !is_executable(&config.worker_binary) {
             return Err(SupervisorError::WorkerBinary(config.worker_binary.clone()));
         }
@@ -242,7 +327,7 @@ impl Supervisor {
         let failed = |message: &str, severity, cause: String| {
             LoadResult::Error(TrackException { message: message.into(), severity, cause })
         };
-        let candidates: Vec<(u32, mpsc::Sender<ToWorker>)> = {
+        let candidates: Vec<(u32, Outbound)> = {
             let outbound = self.shared.outbound.lock().unwrap_or_else(|e| e.into_inner());
             outbound.iter().enumerate().filter_map(|(i, tx)| Some((i as u32, tx.clone()?))).collect()
         };
@@ -261,7 +346,7 @@ impl Supervisor {
         };
         let (reply, answer) = oneshot::channel();
         self.shared.requests.lock().unwrap_or_else(|e| e.into_inner()).insert(id, (worker_id, reply));
-        if tx.send(ToWorker::Load { id, request }).await.is_err() {
+        if tx.send(&ToWorker::Load { id, request }).await.is_err() {
             self.shared.requests.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
             return failed("No worker is available to load the track.", ExceptionSeverity::Fault, "worker went away".into());
         }
@@ -279,8 +364,9 @@ impl Supervisor {
         }
     }
 
-    /// Queues a message for a worker; `false` if it is not connected or not keeping up.
-    pub fn send(&self, worker_id: u32, msg: ToWorker) -> bool {
+    /// Queues a message for a worker without waiting. A full queue gets the worker killed (it is
+    /// not reading) and its players restored from the registry, so nothing recorded is lost.
+    pub fn send(&self, worker_id: u32, msg: &ToWorker) -> Result<(), SendError> {
         self.shared.send(worker_id, msg)
     }
 

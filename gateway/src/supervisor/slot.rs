@@ -2,20 +2,24 @@
 
 use super::ipc::WorkerConn;
 use super::spawn::{self, SpawnedChild};
-use super::Shared;
+use super::{Outbound, Shared, WorkerEvent};
+use crate::routeplanner::Marked;
+use crate::telemetry;
 use caldera_protocol::{build, GatewayHello, ResourceReport, Severity, ToGateway, ToWorker};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use crate::routeplanner::Marked;
 use tracing::{debug, error, info, warn};
 
 /// How long a worker may take to exit after `Shutdown` before it is killed.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// A worker that stayed up this long is considered healthy again: its backoff resets.
 const HEALTHY_AFTER: Duration = Duration::from_secs(60);
-const OUTBOUND_QUEUE: usize = 1024;
+/// Most messages a worker may send in one second: a generous ceiling (a full worker reports a
+/// few hundred per second) past which it is flooding, and is killed.
+const MAX_MESSAGES_PER_SECOND: u64 = 20_000;
+/// Most bytes a worker may send in one second.
+const MAX_BYTES_PER_SECOND: u64 = 64 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WorkerState {
@@ -24,6 +28,18 @@ pub enum WorkerState {
     /// Waiting before the next respawn.
     Backoff,
     Stopped,
+}
+
+impl WorkerState {
+    /// The name `/v4/caldera/workers` shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Ready => "ready",
+            Self::Backoff => "backoff",
+            Self::Stopped => "stopped",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -141,6 +157,39 @@ pub async fn run(shared: Arc<Shared>, id: u32, cancel: CancellationToken) {
     });
 }
 
+/// Why the gateway ended a worker itself.
+#[derive(Debug, Clone, Copy)]
+enum Kill {
+    MissedPings,
+    Flooding,
+    QueueFull,
+}
+
+impl Kill {
+    /// As `lastExit` tells it.
+    fn describe(self) -> &'static str {
+        match self {
+            Self::MissedPings => "killed: missed pings",
+            Self::Flooding => "killed: flooding its IPC connection",
+            Self::QueueFull => "killed: not reading its command queue",
+        }
+    }
+
+    fn metric(self) -> &'static str {
+        match self {
+            Self::MissedPings => "missed_pings",
+            Self::Flooding => "flooding",
+            Self::QueueFull => "queue_full",
+        }
+    }
+}
+
+/// How a worker's connection ended, seen from its reader.
+struct ReadEnd {
+    why: String,
+    kill: Option<Kill>,
+}
+
 async fn run_once(shared: &Arc<Shared>, id: u32, cancel: &CancellationToken) -> Outcome {
     shared.update(id, |s| s.state = WorkerState::Starting);
     let (token, conn_rx) = shared.pending.register();
@@ -226,8 +275,8 @@ async fn serve(
     }
     let started = Instant::now();
     info!(pid, worker_pid = hello.pid, "worker ready");
-    let (tx, mut rx) = mpsc::channel::<ToWorker>(OUTBOUND_QUEUE);
-    shared.set_outbound(id, Some(tx.clone()));
+    let (outbound, mut rx) = Outbound::new();
+    shared.set_outbound(id, Some(outbound.clone()));
     let ipc = Arc::new(IpcCounters::default());
     shared.update(id, |s| {
         s.state = WorkerState::Ready;
@@ -235,7 +284,7 @@ async fn serve(
         s.missed_pings = 0;
         s.ipc = ipc.clone();
     });
-    let _ = shared.player_events.send(super::WorkerEvent::Ready { worker: id });
+    let _ = shared.player_events.send(WorkerEvent::Ready { worker: id }).await;
 
     let pings = Arc::new(Mutex::new(PingState {
         sent_seq: 0,
@@ -247,13 +296,12 @@ async fn serve(
     // aborted when this function returns.
     let counters = ipc.clone();
     let writer_task = AbortOnDrop(tokio::spawn(async move {
-        while let Some(msg) = rx.recv().await {
-            let before = writer.bytes_sent();
-            if writer.send(&msg).await.is_err() {
+        while let Some(queued) = rx.recv().await {
+            if writer.send_encoded(&queued.frame).await.is_err() {
                 break;
             }
             counters.messages_out.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            counters.bytes_out.fetch_add(writer.bytes_sent() - before, std::sync::atomic::Ordering::Relaxed);
+            counters.bytes_out.fetch_add(queued.frame.len() as u64, std::sync::atomic::Ordering::Relaxed);
         }
         let _ = writer.shutdown().await;
     }));
@@ -262,7 +310,13 @@ async fn serve(
     let mut ticker = tokio::time::interval(shared.config.ping_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Why the gateway ended this worker itself, if it did (for `last_exit`).
-    let mut killed_for: Option<&str> = None;
+    let mut killed_for: Option<Kill> = None;
+    let mut kill = |why: Kill| {
+        killed_for = Some(why);
+        telemetry::record_worker_killed(why.metric());
+        spawn::kill(pid);
+        Outcome::Ended { healthy: false }
+    };
     let outcome = loop {
         tokio::select! {
             _ = ticker.tick() => {
@@ -276,35 +330,38 @@ async fn serve(
                 shared.update(id, |s| s.missed_pings = unanswered);
                 if silent_for > shared.config.ping_timeout {
                     error!(pid, silent_ms = silent_for.as_millis() as u64, "worker stopped answering pings; killing it");
-                    killed_for = Some("killed: missed pings");
-                    spawn::kill(pid);
-                    break Outcome::Ended { healthy: false };
+                    break kill(Kill::MissedPings);
                 }
-                // A full queue means the worker is not reading: the ping timeout will catch it.
-                let _ = tx.try_send(ToWorker::Ping { seq });
+                // A full queue marks the worker jammed (the branch below kills it).
+                let _ = outbound.try_send(&ToWorker::Ping { seq });
+            }
+            _ = outbound.jammed.cancelled() => {
+                error!(pid, "worker stopped taking commands (its queue is full); killing it so its players are restored");
+                break kill(Kill::QueueFull);
             }
             r = &mut reader_task.0 => {
-                let why = r.unwrap_or_else(|e| format!("reader task failed: {e}"));
-                warn!(pid, reason = %why, "worker connection ended");
-                break Outcome::Ended { healthy: started.elapsed() >= HEALTHY_AFTER };
+                let end = r.unwrap_or_else(|e| ReadEnd { why: format!("reader task failed: {e}"), kill: None });
+                warn!(pid, reason = %end.why, "worker connection ended");
+                match end.kill {
+                    Some(why) => break kill(why),
+                    None => break Outcome::Ended { healthy: started.elapsed() >= HEALTHY_AFTER },
+                }
             }
             status = &mut exited => {
                 let why = status.map(|s| spawn::describe(&s)).unwrap_or_else(|_| "unknown exit".into());
                 error!(pid, exit = %why, "worker exited");
                 shared.update(id, |s| s.last_exit = Some(why));
-                shared.set_outbound(id, None);
-                shared.worker_lost(id);
+                shared.worker_lost(id).await;
                 return Outcome::Ended { healthy: started.elapsed() >= HEALTHY_AFTER };
             }
             _ = cancel.cancelled() => {
-                let _ = tx.try_send(ToWorker::Shutdown { reason: "gateway shutting down".into() });
+                let _ = outbound.try_send(&ToWorker::Shutdown { reason: "gateway shutting down".into() });
                 break Outcome::Shutdown;
             }
         }
     };
-    shared.set_outbound(id, None);
-    shared.worker_lost(id);
-    drop(tx);
+    shared.worker_lost(id).await;
+    drop(outbound);
     // Give the worker its grace period to exit, then make sure it is gone and reaped.
     let grace = if matches!(outcome, Outcome::Shutdown) { SHUTDOWN_GRACE } else { Duration::from_millis(500) };
     match tokio::time::timeout(grace, &mut exited).await {
@@ -312,7 +369,7 @@ async fn serve(
             let why = status.map(|s| spawn::describe(&s)).unwrap_or_else(|_| "unknown exit".into());
             info!(pid, exit = %why, "worker process ended");
             if !matches!(outcome, Outcome::Shutdown) {
-                shared.update(id, |s| s.last_exit = Some(killed_for.map(str::to_string).unwrap_or(why)));
+                shared.update(id, |s| s.last_exit = Some(killed_for.map(|k| k.describe().to_string()).unwrap_or(why)));
             }
         }
         Err(_) => {
@@ -320,7 +377,7 @@ async fn serve(
             spawn::kill(pid);
             let _ = exited.await;
             if !matches!(outcome, Outcome::Shutdown) {
-                let why = killed_for.unwrap_or("killed: lingered after its connection ended");
+                let why = killed_for.map_or("killed: lingered after its connection ended", Kill::describe);
                 shared.update(id, |s| s.last_exit = Some(why.into()));
             }
         }
@@ -329,27 +386,59 @@ async fn serve(
     outcome
 }
 
-/// Reads frames until the connection ends; returns why it ended.
+/// Counts what a worker sends per second, to catch a flood.
+struct Budget {
+    window: Instant,
+    messages: u64,
+    bytes: u64,
+}
+
+impl Budget {
+    fn new() -> Self {
+        Self { window: Instant::now(), messages: 0, bytes: 0 }
+    }
+
+    /// Counts one message of `bytes`; false once the worker is over its budget.
+    fn spend(&mut self, bytes: u64) -> bool {
+        if self.window.elapsed() >= Duration::from_secs(1) {
+            *self = Self::new();
+        }
+        self.messages += 1;
+        self.bytes += bytes;
+        self.messages <= MAX_MESSAGES_PER_SECOND && self.bytes <= MAX_BYTES_PER_SECOND
+    }
+}
+
+/// Reads frames until the connection ends; returns why it ended. Player events go to the
+/// registry through a bounded queue: when it is full this reader waits, so a worker that floods
+/// stalls its own connection (and misses its pings) rather than growing the gateway's memory.
 async fn read_loop(
     shared: Arc<Shared>,
     id: u32,
     mut reader: caldera_protocol::channel::FrameReader<ToGateway, tokio::net::unix::OwnedReadHalf>,
     pings: Arc<Mutex<PingState>>,
     ipc: Arc<IpcCounters>,
-) -> String {
+) -> ReadEnd {
     use std::sync::atomic::Ordering;
+    let end = |why: &str| ReadEnd { why: why.into(), kill: None };
     let mut leases = Leases::default();
+    let mut budget = Budget::new();
     loop {
+        let before = reader.bytes_received();
         let msg = match reader.recv().await {
             Ok(Some(m)) => {
                 ipc.messages_in.fetch_add(1, Ordering::Relaxed);
                 ipc.bytes_in.store(reader.bytes_received(), Ordering::Relaxed);
                 m
             }
-            Ok(None) => return "worker closed the connection".into(),
+            Ok(None) => return end("worker closed the connection"),
             // A worker that sends a malformed frame is broken or compromised: drop it.
-            Err(e) => return format!("invalid frame from worker: {e}"),
+            Err(e) => return end(&format!("invalid frame from worker: {e}")),
         };
+        if !budget.spend(reader.bytes_received() - before) {
+            error!(worker = id, "worker is flooding its IPC connection");
+            return ReadEnd { why: "worker flooded its IPC connection".into(), kill: Some(Kill::Flooding) };
+        }
         match msg {
             ToGateway::Pong { seq } => {
                 let rtt = {
@@ -377,9 +466,11 @@ async fn read_loop(
                     Severity::Error => error!(target: "caldera_worker", worker = id, "{message}"),
                 }
             }
-            ToGateway::Hello(_) => return "worker sent a second hello".into(),
+            ToGateway::Hello(_) => return end("worker sent a second hello"),
             ToGateway::Player { player, event } => {
-                let _ = shared.player_events.send(super::WorkerEvent::Player { worker: id, player, event });
+                if shared.player_events.send(WorkerEvent::Player { worker: id, player, event }).await.is_err() {
+                    return end("the gateway is stopping");
+                }
             }
             ToGateway::Loaded { id: request, result } => {
                 if !shared.answer(id, request, result) {
@@ -396,16 +487,16 @@ async fn read_loop(
                     Err(why) => debug!(worker = id, "route planner: {why}"),
                 }
                 if shared.config.route_planner.is_some() {
-                    crate::metrics::record_route_lease(address.is_ok());
+                    telemetry::record_route_lease(address.is_ok());
                 }
-                shared.send(id, ToWorker::RouteLease { id: request, address });
+                let _ = shared.send(id, &ToWorker::RouteLease { id: request, address });
             }
             ToGateway::RouteFailed { id: request, search } => {
                 let (Some(planner), Some(address)) = (&shared.config.route_planner, leases.take(request)) else {
                     debug!(worker = id, request, "worker reported a failure for a lease it does not hold; ignored");
                     continue;
                 };
-                crate::metrics::record_route_failure();
+                telemetry::record_route_failure();
                 if planner.mark_failing(address, search) == Marked::New {
                     warn!(worker = id, %address, search, "route planner: address rate limited or not bindable, marked failing");
                 }

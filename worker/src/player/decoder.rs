@@ -6,7 +6,7 @@
 use super::ring::{Ring, CAPACITY_FRAMES, CHANNELS, SAMPLE_RATE};
 use crate::routes::Routes;
 use crate::sources::{self, LoadFailure};
-use caldera_protocol::{ExceptionSeverity, TrackData, TrackException, WorkerSettings};
+use caldera_protocol::{ExceptionSeverity, TrackData, TrackException};
 use rubato::{FftFixedIn, Resampler};
 use std::sync::Arc;
 use symphonia::core::audio::SampleBuffer;
@@ -21,7 +21,7 @@ const MAX_BAD_PACKETS: u32 = 50;
 pub fn spawn(
     track: TrackData,
     start_ms: u64,
-    settings: WorkerSettings,
+    settings: crate::Settings,
     routes: Arc<Routes>,
     ring: Arc<Ring>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
@@ -44,7 +44,7 @@ pub fn spawn(
     })
 }
 
-fn run(track: &TrackData, start_ms: u64, settings: &WorkerSettings, routes: &Routes, ring: &Ring) -> Result<(), LoadFailure> {
+fn run(track: &TrackData, start_ms: u64, settings: &crate::Settings, routes: &Routes, ring: &Ring) -> Result<(), LoadFailure> {
     let (mut format, container) = sources::open_for_playback(track, settings, routes.outbound(settings.route_planner))?;
     let track_info = sources::probe::audio_track(format.as_ref(), container)?;
     let mut decoder = AudioDecoder::new(&track_info.codec_params)?;

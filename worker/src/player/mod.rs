@@ -9,7 +9,7 @@ mod ring;
 
 use caldera_protocol::{
     EndReason, ExceptionSeverity, PlayerCommand, PlayerEvent, PlayerState, ToGateway, TrackData, TrackException,
-    VoiceServer, WorkerSettings,
+    VoiceServer,
 };
 use crate::routes::Routes;
 use pipe::{Controls, Counters, Pipe};
@@ -57,7 +57,7 @@ pub fn spawn(
     player: u64,
     guild_id: u64,
     user_id: u64,
-    settings: WorkerSettings,
+    settings: crate::Settings,
     routes: Arc<Routes>,
     out: mpsc::Sender<ToGateway>,
 ) -> PlayerHandle {
@@ -83,7 +83,7 @@ struct Player {
     id: u64,
     guild_id: u64,
     user_id: u64,
-    settings: WorkerSettings,
+    settings: crate::Settings,
     routes: Arc<Routes>,
     out: mpsc::Sender<ToGateway>,
     driver: Driver,
@@ -97,10 +97,12 @@ struct Player {
     counters: Arc<Counters>,
     internal_tx: mpsc::UnboundedSender<Internal>,
     internal_rx: mpsc::UnboundedReceiver<Internal>,
+    /// Voice connection attempts and ping measurements; aborted with the player.
+    background: tokio::task::JoinSet<()>,
 }
 
 impl Player {
-    fn new(id: u64, guild_id: u64, user_id: u64, settings: WorkerSettings, routes: Arc<Routes>, out: mpsc::Sender<ToGateway>) -> Self {
+    fn new(id: u64, guild_id: u64, user_id: u64, settings: crate::Settings, routes: Arc<Routes>, out: mpsc::Sender<ToGateway>) -> Self {
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
         let mut driver = Driver::new(Config::default());
         let forward = VoiceEvents { tx: internal_tx.clone() };
@@ -124,6 +126,7 @@ impl Player {
             counters: Arc::new(Counters::default()),
             internal_tx,
             internal_rx,
+            background: tokio::task::JoinSet::new(),
         }
     }
 
@@ -133,6 +136,7 @@ impl Player {
         let mut frames = tokio::time::interval(FRAMES_REPORT_INTERVAL);
         frames.tick().await;
         loop {
+            while self.background.try_join_next().is_some() {}
             tokio::select! {
                 cmd = commands.recv() => match cmd {
                     Some(PlayerCommand::Destroy) | None => break,
@@ -158,11 +162,11 @@ impl Player {
     }
 
     /// Measures the round trip to the voice server in the background (see `ping`).
-    fn measure_ping(&self) {
+    fn measure_ping(&mut self) {
         let (Some(v), true) = (&self.voice, self.connected.load(Ordering::Relaxed)) else { return };
         let endpoint = v.endpoint.clone();
         let tx = self.internal_tx.clone();
-        tokio::spawn(async move {
+        self.background.spawn(async move {
             let _ = tx.send(Internal::Ping(ping::measure(&endpoint).await));
         });
     }
@@ -242,7 +246,7 @@ impl Player {
         self.connected.store(false, Ordering::Relaxed);
         let connecting = self.driver.connect(info);
         let tx = self.internal_tx.clone();
-        tokio::spawn(async move {
+        self.background.spawn(async move {
             if let Err(e) = connecting.await {
                 let _ = tx.send(Internal::VoiceDisconnected { code: None, reason: format!("voice connection failed: {e}") });
             }

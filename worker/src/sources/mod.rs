@@ -12,7 +12,7 @@ pub mod probe;
 mod rewind;
 
 use caldera_protocol::track::STREAM_LENGTH;
-use caldera_protocol::{ExceptionSeverity, LoadRequest, LoadResult, TrackData, TrackException, TrackInfo, WorkerSettings};
+use caldera_protocol::{ExceptionSeverity, LoadRequest, LoadResult, TrackData, TrackException, TrackInfo};
 use container::Container;
 use http::{HttpReader, Outbound};
 use rewind::Rewind;
@@ -81,7 +81,7 @@ enum Loaded {
 
 /// Loads one identifier. Blocking: run it on a blocking thread. `outbound` is the route planner
 /// http requests leave through, if any.
-pub fn load(request: &LoadRequest, settings: &WorkerSettings, outbound: Option<Outbound>) -> LoadResult {
+pub fn load(request: &LoadRequest, settings: &crate::Settings, outbound: Option<Outbound>) -> LoadResult {
     let result = match request {
         LoadRequest::Http { url } => load_http(url, settings, outbound, true),
         LoadRequest::Local { path } => load_local(path, settings),
@@ -94,7 +94,7 @@ pub fn load(request: &LoadRequest, settings: &WorkerSettings, outbound: Option<O
     }
 }
 
-fn load_http(url: &str, settings: &WorkerSettings, outbound: Option<Outbound>, allow_playlist: bool) -> Result<Loaded, LoadFailure> {
+fn load_http(url: &str, settings: &crate::Settings, outbound: Option<Outbound>, allow_playlist: bool) -> Result<Loaded, LoadFailure> {
     let timeout = Duration::from_millis(settings.load_timeout_ms);
     // Lavaplayer answers a 404 with "no matches".
     let Some(mut reader) = HttpReader::open(url, settings.max_probe_bytes, timeout, outbound)? else {
@@ -132,7 +132,7 @@ fn load_http(url: &str, settings: &WorkerSettings, outbound: Option<Outbound>, a
     track(info, container)
 }
 
-fn load_local(path: &str, settings: &WorkerSettings) -> Result<Loaded, LoadFailure> {
+fn load_local(path: &str, settings: &crate::Settings) -> Result<Loaded, LoadFailure> {
     // Like Lavaplayer: a path that is not a readable file is "no matches", not an error.
     let Some(canonical) = allowed_local_path(path, settings)? else { return Ok(Loaded::Nothing) };
     let mut file = std::fs::File::open(&canonical)
@@ -162,7 +162,7 @@ fn load_local(path: &str, settings: &WorkerSettings) -> Result<Loaded, LoadFailu
 /// from its first bytes, and a symphonia reader over it.
 pub fn open_for_playback(
     track: &TrackData,
-    settings: &WorkerSettings,
+    settings: &crate::Settings,
     outbound: Option<Outbound>,
 ) -> Result<(Box<dyn symphonia::core::formats::FormatReader>, Container), LoadFailure> {
     let location = track.info.uri.clone().unwrap_or_else(|| track.info.identifier.clone());
@@ -195,7 +195,7 @@ pub fn open_for_playback(
 }
 
 /// The resolved path of a local file the settings allow; `None` if it is not a file.
-fn allowed_local_path(path: &str, settings: &WorkerSettings) -> Result<Option<std::path::PathBuf>, LoadFailure> {
+fn allowed_local_path(path: &str, settings: &crate::Settings) -> Result<Option<std::path::PathBuf>, LoadFailure> {
     let given = Path::new(path);
     if !given.is_absolute() {
         return Ok(None);
@@ -204,7 +204,7 @@ fn allowed_local_path(path: &str, settings: &WorkerSettings) -> Result<Option<st
     if !canonical.is_file() {
         return Ok(None);
     }
-    if !settings.local_dirs.iter().any(|dir| canonical.starts_with(dir)) {
+    if !settings.local_dirs.iter().any(|dir| canonical.starts_with(dir.as_str())) {
         return Err(LoadFailure::common(
             "This file is outside the directories the local source may read.",
             format!("{} is not under caldera.localDirectories", canonical.display()),
@@ -224,7 +224,7 @@ fn load_playlist(
     final_url: &str,
     container: Container,
     text: &str,
-    settings: &WorkerSettings,
+    settings: &crate::Settings,
     outbound: Option<Outbound>,
 ) -> Result<Loaded, LoadFailure> {
     let list = match container {

@@ -1,0 +1,300 @@
+//! The file model: Lavalink's `application.yml` keys plus Caldera's own `caldera:` section, as
+//! serde reads them. Every default lives here, in one place (STYLE §12); nothing here is checked
+//! beyond what serde checks — [`super::Settings`] parses and validates it once.
+
+use serde::Deserialize;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Config {
+    pub server: ServerConfig,
+    pub lavalink: LavalinkConfig,
+    pub metrics: MetricsConfig,
+    pub logging: LoggingConfig,
+    pub caldera: CalderaConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ServerConfig {
+    /// 0 picks a free port; the log line "listening on ADDR" tells which.
+    pub port: u16,
+    pub address: IpAddr,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self { port: 2333, address: IpAddr::from([0, 0, 0, 0]) }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct LavalinkConfig {
+    pub server: LavalinkServerConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct LavalinkServerConfig {
+    pub password: String,
+    pub sources: SourcesConfig,
+    pub filters: FiltersConfig,
+    /// Seconds between playerUpdate ops.
+    pub player_update_interval: u32,
+    pub track_stuck_threshold_ms: u64,
+    // Lavaplayer tuning keys Caldera accepts so existing files load without noise.
+    pub buffer_duration_ms: Option<u64>,
+    pub frame_buffer_duration_ms: Option<u64>,
+    pub opus_encoding_quality: Option<u8>,
+    pub resampling_quality: Option<String>,
+    pub use_seek_ghosting: Option<bool>,
+    pub youtube_playlist_load_limit: Option<u32>,
+    pub youtube_search_enabled: Option<bool>,
+    pub soundcloud_search_enabled: Option<bool>,
+    pub gc_warnings: Option<bool>,
+    pub non_allocating_frame_buffer: Option<bool>,
+    /// The route planner; absent (or without blocks) = none.
+    pub ratelimit: Option<RateLimitConfig>,
+}
+
+/// `lavalink.server.ratelimit` (lavalink-internals §2.2), parsed into [`super::RoutePlannerSettings`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct RateLimitConfig {
+    /// CIDR blocks outbound source requests leave from, all IPv4 or all IPv6.
+    pub ip_blocks: Vec<String>,
+    pub excluded_ips: Vec<String>,
+    /// RotateOnBan | LoadBalance | NanoSwitch | RotatingNanoSwitch.
+    pub strategy: String,
+    /// Whether a 429 answering a search marks the address failing.
+    pub search_triggers_fail: bool,
+    /// Retries on another address after a 429: -1 = Lavalink's default, 0 = unlimited.
+    pub retry_limit: i32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            ip_blocks: Vec::new(),
+            excluded_ips: Vec::new(),
+            strategy: "RotateOnBan".into(),
+            search_triggers_fail: true,
+            retry_limit: -1,
+        }
+    }
+}
+
+impl Default for LavalinkServerConfig {
+    fn default() -> Self {
+        Self {
+            password: "youshallnotpass".into(),
+            sources: SourcesConfig::default(),
+            filters: FiltersConfig::default(),
+            player_update_interval: 5,
+            track_stuck_threshold_ms: 10_000,
+            buffer_duration_ms: None,
+            frame_buffer_duration_ms: None,
+            opus_encoding_quality: None,
+            resampling_quality: None,
+            use_seek_ghosting: None,
+            youtube_playlist_load_limit: None,
+            youtube_search_enabled: None,
+            soundcloud_search_enabled: None,
+            gc_warnings: None,
+            non_allocating_frame_buffer: None,
+            ratelimit: None,
+        }
+    }
+}
+
+/// Lavalink's source switches. Caldera implements only some; `/v4/info` lists enabled *and*
+/// implemented ones, so a bot never sees a source it cannot use.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct SourcesConfig {
+    pub youtube: bool,
+    pub bandcamp: bool,
+    pub soundcloud: bool,
+    pub twitch: bool,
+    pub vimeo: bool,
+    pub nico: bool,
+    pub http: bool,
+    pub local: bool,
+}
+
+impl Default for SourcesConfig {
+    fn default() -> Self {
+        Self {
+            youtube: false,
+            bandcamp: true,
+            soundcloud: true,
+            twitch: true,
+            vimeo: true,
+            nico: true,
+            http: true,
+            local: false,
+        }
+    }
+}
+
+impl SourcesConfig {
+    pub fn enabled(&self) -> Vec<&'static str> {
+        [
+            ("youtube", self.youtube),
+            ("bandcamp", self.bandcamp),
+            ("soundcloud", self.soundcloud),
+            ("twitch", self.twitch),
+            ("vimeo", self.vimeo),
+            ("nico", self.nico),
+            ("http", self.http),
+            ("local", self.local),
+        ]
+        .into_iter()
+        .filter_map(|(name, on)| on.then_some(name))
+        .collect()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct FiltersConfig {
+    pub volume: bool,
+    pub equalizer: bool,
+    pub karaoke: bool,
+    pub timescale: bool,
+    pub tremolo: bool,
+    pub vibrato: bool,
+    pub distortion: bool,
+    pub rotation: bool,
+    pub channel_mix: bool,
+    pub low_pass: bool,
+}
+
+impl Default for FiltersConfig {
+    fn default() -> Self {
+        Self {
+            volume: true,
+            equalizer: true,
+            karaoke: true,
+            timescale: true,
+            tremolo: true,
+            vibrato: true,
+            distortion: true,
+            rotation: true,
+            channel_mix: true,
+            low_pass: true,
+        }
+    }
+}
+
+impl FiltersConfig {
+    /// Every filter Lavalink knows, by its wire name, with its switch: the one list of filter names.
+    pub fn list(&self) -> [(&'static str, bool); 10] {
+        [
+            ("volume", self.volume),
+            ("equalizer", self.equalizer),
+            ("karaoke", self.karaoke),
+            ("timescale", self.timescale),
+            ("tremolo", self.tremolo),
+            ("vibrato", self.vibrato),
+            ("distortion", self.distortion),
+            ("rotation", self.rotation),
+            ("channelMix", self.channel_mix),
+            ("lowPass", self.low_pass),
+        ]
+    }
+
+    /// The enabled filters' names, in Lavalink's order.
+    pub fn enabled(&self) -> Vec<&'static str> {
+        self.list().into_iter().filter_map(|(name, on)| on.then_some(name)).collect()
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct MetricsConfig {
+    pub prometheus: PrometheusConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct PrometheusConfig {
+    pub enabled: bool,
+    pub endpoint: String,
+    /// Caldera extension: `false` serves metrics without the REST password.
+    pub auth: bool,
+}
+
+impl Default for PrometheusConfig {
+    fn default() -> Self {
+        Self { enabled: false, endpoint: "/metrics".into(), auth: true }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct LoggingConfig {
+    pub level: LogLevels,
+    /// Accepted for compatibility (Lavalink's log files); Caldera logs to stderr/journald.
+    pub file: Option<serde_yaml_ng::Value>,
+    pub logback: Option<serde_yaml_ng::Value>,
+    pub request: Option<serde_yaml_ng::Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct LogLevels {
+    /// Default level when `RUST_LOG` is not set (`INFO`, `DEBUG`, ...).
+    pub root: Option<String>,
+    /// Level for Caldera's own modules.
+    pub lavalink: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct CalderaConfig {
+    /// Worker processes; default: available cores.
+    pub workers: usize,
+    /// Most players one worker hosts.
+    pub players_per_worker: usize,
+    /// Path of `caldera-worker`; default: next to the gateway executable.
+    pub worker_binary: Option<PathBuf>,
+    /// Directories the `local` source may read (absolute paths). Empty: no local file loads.
+    pub local_directories: Vec<PathBuf>,
+    /// Time allowed for loading one identifier (probing it in a worker), in milliseconds.
+    pub load_timeout_ms: u64,
+    pub worker: WorkerProcessConfig,
+}
+
+/// `caldera.worker`: how worker processes are confined.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct WorkerProcessConfig {
+    /// `strict` (default), `relaxed` (no seccomp) or `off`.
+    pub sandbox: String,
+    /// Data-segment ceiling per worker, e.g. `512M`, `2G` or bytes; none by default.
+    pub memory_limit: Option<String>,
+}
+
+impl Default for WorkerProcessConfig {
+    fn default() -> Self {
+        Self { sandbox: "strict".into(), memory_limit: None }
+    }
+}
+
+impl Default for CalderaConfig {
+    fn default() -> Self {
+        Self {
+            workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            players_per_worker: 500,
+            worker_binary: None,
+            local_directories: Vec::new(),
+            load_timeout_ms: 20_000,
+            worker: WorkerProcessConfig::default(),
+        }
+    }
+}
+
