@@ -79,7 +79,7 @@ impl SupervisorConfig {
 /// Most messages queued for one worker; a worker that lets this many pile up is not reading.
 const OUTBOUND_MESSAGES: usize = 4096;
 /// Most bytes queued for one worker.
-const OUTBOUND_BYTES: usize = 16 << 20;
+const OUTBOUND_BYTES: usize = 8 << 20;
 /// Worker events queued for the player registry. A full queue stalls the workers' readers (so a
 /// flooding worker stops being read and misses its pings), never the gateway's memory.
 pub const EVENT_QUEUE: usize = 4096;
