@@ -49,6 +49,9 @@ fn check_config(loaded: &Loaded) -> ExitCode {
     for key in &loaded.unknown_keys {
         println!("note: unknown key `{key}` is ignored");
     }
+    for key in &loaded.not_acted_on {
+        println!("note: `{key}` is accepted but has no effect in Caldera");
+    }
     let worker = &loaded.settings.worker_binary;
     if !worker.is_file() {
         eprintln!("caldera: worker binary {} not found; Hint: set caldera.workerBinary", worker.display());
@@ -71,7 +74,10 @@ fn serve(loaded: Loaded) -> anyhow::Result<()> {
         tracing::warn!(key = %key, "unknown configuration key ignored");
     }
     for var in &loaded.env_overrides {
-        tracing::info!(variable = var, "configuration overridden from the environment");
+        tracing::info!(variable = %var, "configuration set from the environment");
+    }
+    if !loaded.not_acted_on.is_empty() {
+        tracing::info!(keys = %loaded.not_acted_on.join(", "), "configuration keys accepted but not acted on by Caldera");
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

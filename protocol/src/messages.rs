@@ -96,6 +96,30 @@ pub struct WorkerSettings {
     /// Set when the gateway runs a route planner: every outbound source request then asks it for
     /// the local address to leave from ([`ToGateway::RouteAcquire`]).
     pub route_planner: Option<RoutePlanning>,
+    /// How outbound source requests are made.
+    pub http: HttpSettings,
+}
+
+/// Timeouts and proxy of outbound source requests (Lavalink's `timeouts` and `httpConfig`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpSettings {
+    /// Time allowed to connect (`connectTimeoutMs`).
+    pub connect_timeout_ms: u64,
+    /// Time allowed for the response head once the request is sent (`connectionRequestTimeoutMs`).
+    pub response_timeout_ms: u64,
+    /// Longest wait for more bytes of a response (`socketTimeoutMs`).
+    pub read_timeout_ms: u64,
+    /// The http source's requests go through this proxy.
+    pub proxy: Option<Proxy>,
+}
+
+/// An HTTP proxy, with basic credentials when `user` is set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proxy {
+    /// `http://host:port`.
+    pub url: String,
+    pub user: Option<String>,
+    pub password: Option<String>,
 }
 
 /// How a worker uses the gateway's route planner.

@@ -17,10 +17,13 @@ pub enum Route {
     Stream { chunk: Arc<Vec<u8>>, content_type: String, icy: Option<Icy> },
     /// Reads the request and never answers (until the server is dropped or 60 s pass).
     Hang,
-    /// A file (with Range support) whose full-length answers promise every byte but send only
-    /// `after` bytes, then stall for `hold` and drop the connection — a download that stalls or
-    /// is cut mid-way. Range answers are whole.
+    /// A file whose answer promises every byte but sends only `after` bytes, then stalls for
+    /// `hold` and drops the connection — a download that stalls or is cut mid-way. Range requests
+    /// (a reader resuming the transfer) are answered 503: the server is gone for good.
     Cut { body: Arc<Vec<u8>>, content_type: String, after: usize, hold: Duration },
+    /// A file whose full answers drop the connection after `after` bytes, while range requests
+    /// are answered whole: a flaky server a reader gets through by resuming.
+    Flaky { body: Arc<Vec<u8>>, content_type: String, after: usize },
 }
 
 #[derive(Clone)]
@@ -144,6 +147,22 @@ fn serve(
         }
         Some(Route::Cut { body, content_type, after, hold }) => {
             let headers = vec![("Content-Type", content_type), ("Accept-Ranges", "bytes".into())];
+            if range_start(range.as_deref()).is_some() {
+                return respond(&mut out, 503, &[], b"");
+            }
+            let mut head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+            for (k, v) in &headers {
+                head.push_str(&format!("{k}: {v}\r\n"));
+            }
+            head.push_str("\r\n");
+            out.write_all(head.as_bytes())?;
+            out.write_all(&body[..after.min(body.len())])?;
+            out.flush()?;
+            std::thread::sleep(hold);
+            out.shutdown(std::net::Shutdown::Both)
+        }
+        Some(Route::Flaky { body, content_type, after }) => {
+            let headers = vec![("Content-Type", content_type), ("Accept-Ranges", "bytes".into())];
             if let Some(start) = range_start(range.as_deref()) {
                 let start = start.min(body.len());
                 let mut h = headers;
@@ -158,7 +177,6 @@ fn serve(
             out.write_all(head.as_bytes())?;
             out.write_all(&body[..after.min(body.len())])?;
             out.flush()?;
-            std::thread::sleep(hold);
             out.shutdown(std::net::Shutdown::Both)
         }
         Some(Route::File { body, content_type, ranges }) => {

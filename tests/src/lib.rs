@@ -3,6 +3,7 @@
 
 pub mod audio;
 pub mod client;
+pub mod http_proxy;
 pub mod http_server;
 pub mod procfs;
 pub mod rig;
@@ -256,6 +257,11 @@ impl Drop for Node {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Now, in Unix milliseconds (what Lavalink's `time` fields count).
+pub fn unix_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.

@@ -63,20 +63,7 @@ impl Rig {
     /// way a client holding a track plays it: the node does not probe it first.
     pub fn play_encoded(&self, guild: u64, path: &str, bytes: Vec<u8>, probe_info: &str) -> Value {
         self.media.route(path, Route::file(bytes, "application/octet-stream"));
-        let url = self.media.url(path);
-        let info = TrackInfo {
-            title: path.trim_start_matches('/').into(),
-            author: "caldera-tests".into(),
-            length: 60_000,
-            identifier: url.clone(),
-            is_stream: false,
-            uri: Some(url),
-            artwork_url: None,
-            isrc: None,
-            source_name: "http".into(),
-            position: 0,
-        };
-        let encoded = TrackData::with_probe_info(info, probe_info).and_then(|t| t.encode()).expect("encode track");
+        let encoded = encoded_track(self, path, probe_info);
         let (status, player) = self.session.patch(guild, json!({"voice": self.voice_state(guild), "track": {"encoded": encoded}}));
         assert_eq!(status, 200, "{player}");
         player
@@ -102,6 +89,31 @@ impl Rig {
     pub fn ended(&self, guild: u64, timeout: Duration) -> (Instant, Value) {
         self.session.wait_event("TrackEndEvent", guild, timeout).unwrap_or_else(|| panic!("no TrackEndEvent for {guild}: {:#?}", self.session.messages()))
     }
+}
+
+/// An encoded http track of `path` on the rig's media server (60 s long, titled after the path),
+/// built here as a client holding a track has it: the node does not probe it.
+pub fn encoded_track(rig: &Rig, path: &str, probe_info: &str) -> String {
+    encoded_track_with(rig, path, probe_info, |_| {})
+}
+
+/// [`encoded_track`] with its info changed by `edit` first.
+pub fn encoded_track_with(rig: &Rig, path: &str, probe_info: &str, edit: impl FnOnce(&mut TrackInfo)) -> String {
+    let url = rig.media.url(path);
+    let mut info = TrackInfo {
+        title: path.trim_start_matches('/').into(),
+        author: "caldera-tests".into(),
+        length: 60_000,
+        identifier: url.clone(),
+        is_stream: false,
+        uri: Some(url),
+        artwork_url: None,
+        isrc: None,
+        source_name: "http".into(),
+        position: 0,
+    };
+    edit(&mut info);
+    TrackData::with_probe_info(info, probe_info).and_then(|t| t.encode()).expect("encode track")
 }
 
 pub fn assert_clean_tone(audio: &Audio, freq: f64, expected_packets: usize, what: &str) {

@@ -2,10 +2,9 @@
 //! never reads its WebSocket, and a worker that stops taking commands each cost the node a
 //! bounded amount, and nobody else's audio or events.
 
-use caldera_protocol::{TrackData, TrackInfo};
 use caldera_tests::audio::sine_wav;
 use caldera_tests::http_server::Route;
-use caldera_tests::rig::{rig, rig_configured, Rig};
+use caldera_tests::rig::{encoded_track_with, rig, rig_configured, Rig};
 use caldera_tests::{bin, eventually, procfs, PASSWORD};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -14,27 +13,18 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-/// An encoded http track of `path` on the rig's media server, titled `title`.
-fn encoded(rig: &Rig, path: &str, title: &str) -> String {
-    encoded_with(rig, path, title, None)
-}
-
-/// As [`encoded`], with `padding` in every free-text field (author, identifier, artwork, ISRC).
-fn encoded_with(rig: &Rig, path: &str, title: &str, padding: Option<&str>) -> String {
-    let url = rig.media.url(path);
-    let info = TrackInfo {
-        title: title.into(),
-        author: padding.unwrap_or("caldera-tests").into(),
-        length: 60_000,
-        identifier: padding.map_or_else(|| url.clone(), str::to_string),
-        is_stream: false,
-        uri: Some(url),
-        artwork_url: padding.map(str::to_string),
-        isrc: padding.map(str::to_string),
-        source_name: "http".into(),
-        position: 0,
-    };
-    TrackData::with_probe_info(info, "wav").and_then(|t| t.encode()).expect("encode track")
+/// An encoded http track of `path` on the rig's media server, titled `title`, with `padding`
+/// (if any) in every other free-text field.
+fn encoded(rig: &Rig, path: &str, title: &str, padding: Option<&str>) -> String {
+    encoded_track_with(rig, path, "wav", |info| {
+        info.title = title.into();
+        if let Some(p) = padding {
+            info.author = p.into();
+            info.identifier = p.into();
+            info.artwork_url = Some(p.into());
+            info.isrc = Some(p.into());
+        }
+    })
 }
 
 fn last_exit(rig: &Rig, slot: u64) -> Option<String> {
@@ -121,7 +111,7 @@ fn a_websocket_client_that_never_reads_is_dropped_and_others_keep_their_events()
     let user_data = json!({"blob": "x".repeat(200_000)});
     let mut dropped_after = None;
     for i in 0..400 {
-        let body = json!({"track": {"encoded": encoded(&rig, "/quiet.wav", &format!("t{i}")), "userData": user_data}});
+        let body = json!({"track": {"encoded": encoded(&rig, "/quiet.wav", &format!("t{i}"), None), "userData": user_data}});
         let res = rig.node.client().patch(&base).header("Authorization", PASSWORD).json(&body).send().unwrap();
         if res.status() == 404 {
             dropped_after = Some(i);
@@ -137,7 +127,7 @@ fn a_websocket_client_that_never_reads_is_dropped_and_others_keep_their_events()
     let connections: Value = rig.node.get("/v4/caldera/connections").json().unwrap();
     let ids: Vec<&str> = connections["connections"].as_array().unwrap().iter().filter_map(|c| c["sessionId"].as_str()).collect();
     assert_eq!(ids, [rig.session.id.as_str()]);
-    let (status, _) = rig.session.patch(7102, json!({"track": {"encoded": encoded(&rig, "/quiet.wav", "after")}}));
+    let (status, _) = rig.session.patch(7102, json!({"track": {"encoded": encoded(&rig, "/quiet.wav", "after", None)}}));
     assert_eq!(status, 200);
     assert!(rig.session.wait_event("TrackStartEvent", 7102, Duration::from_secs(5)).is_some());
     assert!(rig.session.closed().is_none());
@@ -158,7 +148,7 @@ fn a_worker_that_stops_taking_commands_is_replaced_and_the_command_is_not_lost()
     // would get it killed.
     let title = "t".repeat(60_000);
     let padding = "a".repeat(60_000);
-    let tracks: Vec<String> = (0..80).map(|i| encoded_with(&rig, "/after.wav", &format!("{title}{i}"), Some(&padding))).collect();
+    let tracks: Vec<String> = (0..80).map(|i| encoded(&rig, "/after.wav", &format!("{title}{i}"), Some(&padding))).collect();
     kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).unwrap();
     let stopped = Instant::now();
     let mut sent = 0;

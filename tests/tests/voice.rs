@@ -206,7 +206,9 @@ fn failures_during_playback_are_track_exceptions_not_crashes() {
     let wav = sine_wav(440.0, 6.0, 48_000, 2, 0.5);
     let cut_at = wav.len() / 3;
     rig.media.route("/cut.wav", Route::Cut { body: wav.into(), content_type: "audio/wav".into(), after: cut_at, hold: Duration::from_millis(200) });
-    let (status, body) = rig.session.patch(901, json!({"voice": rig.voice_state(901), "track": {"identifier": rig.media.url("/cut.wav")}}));
+    // Played as a client that holds the track plays it (probing would read the end of the file).
+    let track = caldera_tests::rig::encoded_track(&rig, "/cut.wav", "wav");
+    let (status, body) = rig.session.patch(901, json!({"voice": rig.voice_state(901), "track": {"encoded": track}}));
     assert_eq!(status, 200, "{body}");
     let (_, exception) = rig.session.wait_event("TrackExceptionEvent", 901, Duration::from_secs(15)).expect("TrackExceptionEvent");
     assert!(exception["exception"]["message"].is_string(), "{exception}");
@@ -255,7 +257,8 @@ fn a_stalled_source_is_silence_on_the_clock_and_a_track_stuck_event() {
     // About 1.5 s of audio, then the server goes quiet (connection held open).
     let after = 44 + 48_000 * 4 * 3 / 2;
     rig.media.route("/stall.wav", Route::Cut { body: wav.into(), content_type: "audio/wav".into(), after, hold: Duration::from_secs(20) });
-    let (status, body) = rig.session.patch(guild, json!({"voice": rig.voice_state(guild), "track": {"identifier": rig.media.url("/stall.wav")}}));
+    let track = caldera_tests::rig::encoded_track(&rig, "/stall.wav", "wav");
+    let (status, body) = rig.session.patch(guild, json!({"voice": rig.voice_state(guild), "track": {"encoded": track}}));
     assert_eq!(status, 200, "{body}");
     let (_, stuck) = rig.session.wait_event("TrackStuckEvent", guild, Duration::from_secs(15)).expect("TrackStuckEvent");
     assert_eq!(stuck["thresholdMs"], 1000);

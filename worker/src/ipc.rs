@@ -1,5 +1,6 @@
 //! The worker's side of the IPC: connect, hello, then answer the gateway until told to stop.
 
+use crate::net::Net;
 use crate::routes::Routes;
 use crate::{process, Settings, WorkerConfig};
 use caldera_protocol::channel::{FrameReader, FrameWriter};
@@ -111,6 +112,7 @@ where
     );
 
     let routes = Arc::new(Routes::new(out.clone()));
+    let net = Net::new(routes.clone(), &settings.read().unwrap_or_else(|e| e.into_inner()).ipc);
     let mut loads = tokio::task::JoinSet::new();
     // Players being destroyed: each gets a moment to leave its voice channel.
     let mut leaving = tokio::task::JoinSet::new();
@@ -122,13 +124,14 @@ where
         match reader.recv().await {
             Ok(Some(ToWorker::Configure(s))) => {
                 debug!(?s, "settings received");
+                net.configure(&s);
                 settings.write().unwrap_or_else(|e| e.into_inner()).ipc = s;
             }
             Ok(Some(ToWorker::Player { player, command })) => {
                 match command {
                     PlayerCommand::Create { guild_id, user_id } => {
                         // Re-creating an existing player replaces it (its old handle aborts its task).
-                        players.insert(player, crate::player::spawn(player, guild_id, user_id, current(&settings), routes.clone(), out.clone()));
+                        players.insert(player, crate::player::spawn(player, guild_id, user_id, current(&settings), net.clone(), out.clone()));
                     }
                     PlayerCommand::Destroy => {
                         if let Some(mut p) = players.remove(&player) {
@@ -149,10 +152,10 @@ where
             }
             Ok(Some(ToWorker::Load { id, request })) => {
                 let settings = current(&settings);
-                let (out, routes) = (out.clone(), routes.clone());
+                let (out, net) = (out.clone(), net.clone());
                 loads.spawn(
                     async move {
-                        let result = load(request, settings, routes).await;
+                        let result = load(request, settings, net).await;
                         let _ = out.send(ToGateway::Loaded { id, result }).await;
                     }
                     .instrument(info_span!("load", id)),
@@ -182,6 +185,7 @@ where
     drop(players);
     leaving.shutdown().await;
     drop(out);
+    drop(net);
     drop(routes);
     // The writer drains what is queued (bounded in time), then stops.
     if tokio::time::timeout(Duration::from_secs(1), &mut writer_task).await.is_err() {
@@ -191,9 +195,9 @@ where
 }
 
 /// Runs one load on a blocking thread, bounded by the configured timeout.
-async fn load(request: LoadRequest, settings: Settings, routes: Arc<Routes>) -> LoadResult {
+async fn load(request: LoadRequest, settings: Settings, net: Net) -> LoadResult {
     let timeout = Duration::from_millis(settings.load_timeout_ms);
-    let task = tokio::task::spawn_blocking(move || crate::sources::load(&request, &settings, routes.outbound(settings.route_planner)));
+    let task = tokio::task::spawn_blocking(move || crate::sources::load(&request, &settings, &net));
     match tokio::time::timeout(timeout, task).await {
         Ok(Ok(result)) => result,
         Ok(Err(e)) => LoadResult::Error(TrackException {

@@ -3,6 +3,7 @@
 
 pub mod dsp;
 mod ipc;
+pub mod net;
 
 pub use ipc::{serve_connection, IpcError};
 mod player;

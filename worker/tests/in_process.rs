@@ -3,8 +3,8 @@
 
 use caldera_protocol::channel::{FrameReader, FrameWriter};
 use caldera_protocol::{
-    build, EndReason, GatewayHello, LoadRequest, LoadResult, PlayerCommand, PlayerEvent, ToGateway, ToWorker, WorkerSettings,
-    MAX_FRAME_LEN,
+    build, EndReason, GatewayHello, HttpSettings, LoadRequest, LoadResult, PlayerCommand, PlayerEvent, ToGateway, ToWorker,
+    WorkerSettings, MAX_FRAME_LEN,
 };
 use caldera_worker::{sandbox, serve_connection, WorkerConfig};
 use std::path::Path;
@@ -68,6 +68,7 @@ async fn start() -> (Gateway, tokio::task::JoinHandle<Result<(), caldera_worker:
         player_update_interval_ms: 200,
         track_stuck_threshold_ms: 10_000,
         route_planner: None,
+        http: HttpSettings { connect_timeout_ms: 3000, response_timeout_ms: 3000, read_timeout_ms: 3000, proxy: None },
     }))
     .await;
     (gw, worker)

@@ -1,7 +1,8 @@
 //! Probing the committed fixtures through the local source, in-process.
 
-use caldera_protocol::{ExceptionSeverity, LoadRequest, LoadResult, WorkerSettings};
+use caldera_protocol::{ExceptionSeverity, HttpSettings, LoadRequest, LoadResult, WorkerSettings};
 use caldera_worker::sources::load;
+use caldera_worker::net::Net;
 use caldera_worker::Settings;
 use std::path::{Path, PathBuf};
 
@@ -17,12 +18,20 @@ fn settings(dir: &Path) -> Settings {
         player_update_interval_ms: 5_000,
         track_stuck_threshold_ms: 10_000,
         route_planner: None,
+        http: HttpSettings { connect_timeout_ms: 3000, response_timeout_ms: 3000, read_timeout_ms: 3000, proxy: None },
     };
     Settings { ipc, local_dirs: vec![dir.display().to_string()].into() }
 }
 
+/// Loads through a worker's `Net` on a runtime of its own (local loads never touch it).
+fn load_with(request: &LoadRequest, settings: &Settings) -> LoadResult {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let net = runtime.block_on(async { Net::detached(&settings.ipc) });
+    load(request, settings, &net)
+}
+
 fn load_file(path: &Path, dir: &Path) -> LoadResult {
-    load(&LoadRequest::Local { path: path.display().to_string() }, &settings(dir), None)
+    load_with(&LoadRequest::Local { path: path.display().to_string() }, &settings(dir))
 }
 
 #[test]
@@ -70,7 +79,7 @@ fn local_source_refuses_paths_outside_allowed_dirs_and_reports_missing_files_as_
     let allowed = link_dir.path().canonicalize().unwrap();
     assert!(matches!(load_file(&link, &allowed), LoadResult::Error(_)));
     assert_eq!(load_file(&dir.join("missing.mp3"), &dir), LoadResult::Empty);
-    assert_eq!(load(&LoadRequest::Local { path: "relative.mp3".into() }, &settings(&dir), None), LoadResult::Empty);
+    assert_eq!(load_with(&LoadRequest::Local { path: "relative.mp3".into() }, &settings(&dir)), LoadResult::Empty);
 }
 
 #[test]

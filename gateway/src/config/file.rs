@@ -2,11 +2,11 @@
 //! serde reads them. Every default lives here, in one place (STYLE §12); nothing here is checked
 //! beyond what serde checks — [`super::Settings`] parses and validates it once.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct Config {
     pub server: ServerConfig,
@@ -14,29 +14,39 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub logging: LoggingConfig,
     pub caldera: CalderaConfig,
+    /// Lavalink's plugin settings and error reporting: accepted, not acted on.
+    pub plugins: Option<serde_yaml_ng::Value>,
+    pub sentry: Option<serde_yaml_ng::Value>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct ServerConfig {
     /// 0 picks a free port; the log line "listening on ADDR" tells which.
     pub port: u16,
     pub address: IpAddr,
+    /// Spring's HTTP/2 switch: accepted, not acted on.
+    pub http2: Option<serde_yaml_ng::Value>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { port: 2333, address: IpAddr::from([0, 0, 0, 0]) }
+        Self { port: 2333, address: IpAddr::from([0, 0, 0, 0]), http2: None }
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct LavalinkConfig {
     pub server: LavalinkServerConfig,
+    // Lavalink's plugin loader: accepted, not acted on.
+    pub plugins: Option<serde_yaml_ng::Value>,
+    pub plugins_dir: Option<serde_yaml_ng::Value>,
+    pub default_plugin_repository: Option<serde_yaml_ng::Value>,
+    pub default_plugin_snapshot_repository: Option<serde_yaml_ng::Value>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct LavalinkServerConfig {
     pub password: String,
@@ -45,7 +55,7 @@ pub struct LavalinkServerConfig {
     /// Seconds between playerUpdate ops.
     pub player_update_interval: u32,
     pub track_stuck_threshold_ms: u64,
-    // Lavaplayer tuning keys Caldera accepts so existing files load without noise.
+    // Lavaplayer tuning keys, accepted so existing files load (see `NOT_ACTED_ON`).
     pub buffer_duration_ms: Option<u64>,
     pub frame_buffer_duration_ms: Option<u64>,
     pub opus_encoding_quality: Option<u8>,
@@ -54,14 +64,46 @@ pub struct LavalinkServerConfig {
     pub youtube_playlist_load_limit: Option<u32>,
     pub youtube_search_enabled: Option<bool>,
     pub soundcloud_search_enabled: Option<bool>,
+    pub soundcloud_filter_out_preview_tracks: Option<bool>,
     pub gc_warnings: Option<bool>,
     pub non_allocating_frame_buffer: Option<bool>,
-    /// The route planner; absent (or without blocks) = none.
-    pub ratelimit: Option<RateLimitConfig>,
+    pub youtube_config: Option<serde_yaml_ng::Value>,
+    /// The route planner; no blocks = none.
+    pub ratelimit: RateLimitConfig,
+    /// Timeouts of outbound source requests (Lavaplayer's HTTP client settings).
+    pub timeouts: TimeoutsConfig,
+    /// An HTTP proxy for the http source.
+    pub http_config: HttpConfig,
+}
+
+/// `lavalink.server.timeouts`, in milliseconds.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct TimeoutsConfig {
+    pub connect_timeout_ms: u64,
+    pub connection_request_timeout_ms: u64,
+    pub socket_timeout_ms: u64,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        // Lavaplayer's defaults, which apply when the section is absent.
+        Self { connect_timeout_ms: 3000, connection_request_timeout_ms: 3000, socket_timeout_ms: 3000 }
+    }
+}
+
+/// `lavalink.server.httpConfig`: a blank host means no proxy.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct HttpConfig {
+    pub proxy_host: String,
+    pub proxy_port: u16,
+    pub proxy_user: String,
+    pub proxy_password: String,
 }
 
 /// `lavalink.server.ratelimit` (lavalink-internals §2.2), parsed into [`super::RoutePlannerSettings`].
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct RateLimitConfig {
     /// CIDR blocks outbound source requests leave from, all IPv4 or all IPv6.
@@ -103,16 +145,20 @@ impl Default for LavalinkServerConfig {
             youtube_playlist_load_limit: None,
             youtube_search_enabled: None,
             soundcloud_search_enabled: None,
+            soundcloud_filter_out_preview_tracks: None,
             gc_warnings: None,
             non_allocating_frame_buffer: None,
-            ratelimit: None,
+            youtube_config: None,
+            ratelimit: RateLimitConfig::default(),
+            timeouts: TimeoutsConfig::default(),
+            http_config: HttpConfig::default(),
         }
     }
 }
 
 /// Lavalink's source switches. Caldera implements only some; `/v4/info` lists enabled *and*
 /// implemented ones, so a bot never sees a source it cannot use.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct SourcesConfig {
     pub youtube: bool,
@@ -158,7 +204,7 @@ impl SourcesConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct FiltersConfig {
     pub volume: bool,
@@ -213,13 +259,13 @@ impl FiltersConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct MetricsConfig {
     pub prometheus: PrometheusConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct PrometheusConfig {
     pub enabled: bool,
@@ -234,7 +280,7 @@ impl Default for PrometheusConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct LoggingConfig {
     pub level: LogLevels,
@@ -244,7 +290,7 @@ pub struct LoggingConfig {
     pub request: Option<serde_yaml_ng::Value>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct LogLevels {
     /// Default level when `RUST_LOG` is not set (`INFO`, `DEBUG`, ...).
@@ -253,7 +299,7 @@ pub struct LogLevels {
     pub lavalink: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct CalderaConfig {
     /// Worker processes; default: available cores.
@@ -270,12 +316,13 @@ pub struct CalderaConfig {
 }
 
 /// `caldera.worker`: how worker processes are confined.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct WorkerProcessConfig {
     /// `strict` (default), `relaxed` (no seccomp) or `off`.
     pub sandbox: String,
     /// Data-segment ceiling per worker, e.g. `512M`, `2G` or bytes; none by default.
+    #[serde(deserialize_with = "string_or_number")]
     pub memory_limit: Option<String>,
 }
 
@@ -298,3 +345,49 @@ impl Default for CalderaConfig {
     }
 }
 
+/// Keys Caldera reads (so a Lavalink file loads without errors) but does not act on; each one a
+/// file sets is logged once at startup.
+pub const NOT_ACTED_ON: &[&str] = &[
+    "server.http2",
+    "plugins",
+    "sentry",
+    "lavalink.plugins",
+    "lavalink.pluginsDir",
+    "lavalink.defaultPluginRepository",
+    "lavalink.defaultPluginSnapshotRepository",
+    "lavalink.server.sources.youtube",
+    "lavalink.server.sources.bandcamp",
+    "lavalink.server.sources.soundcloud",
+    "lavalink.server.sources.twitch",
+    "lavalink.server.sources.vimeo",
+    "lavalink.server.sources.nico",
+    "lavalink.server.bufferDurationMs",
+    "lavalink.server.frameBufferDurationMs",
+    "lavalink.server.opusEncodingQuality",
+    "lavalink.server.resamplingQuality",
+    "lavalink.server.useSeekGhosting",
+    "lavalink.server.youtubePlaylistLoadLimit",
+    "lavalink.server.youtubeSearchEnabled",
+    "lavalink.server.soundcloudSearchEnabled",
+    "lavalink.server.soundcloudFilterOutPreviewTracks",
+    "lavalink.server.gcWarnings",
+    "lavalink.server.nonAllocatingFrameBuffer",
+    "lavalink.server.youtubeConfig",
+    "logging.file",
+    "logging.request",
+    "logging.logback",
+];
+
+/// A size may be written as a bare number of bytes (from YAML, or from the environment).
+fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Text(String),
+        Number(u64),
+    }
+    Ok(Option::<Raw>::deserialize(d)?.map(|r| match r {
+        Raw::Text(t) => t,
+        Raw::Number(n) => n.to_string(),
+    }))
+}

@@ -3,10 +3,12 @@
 //! [`file`] is the model serde reads, with every default in one place (STYLE §12); [`Settings`]
 //! is that model parsed and checked once, and what the rest of the node reads. Loading order:
 //! `--config PATH`, else `./application.yml` if present, else the embedded defaults; then the
-//! environment overrides Lavalink users know (`SERVER_PORT`, `SERVER_ADDRESS`,
-//! `LAVALINK_SERVER_PASSWORD`). Unknown keys are reported (not fatal); invalid values stop
-//! startup with the key named.
+//! environment, bound as Spring binds it (every key, e.g. `SERVER_PORT`,
+//! `LAVALINK_SERVER_SOURCES_HTTP`; see [`binding`]). Keys may be spelled in any of Spring's
+//! relaxed forms. Unknown keys are reported (not fatal); invalid values stop startup with the key
+//! named.
 
+mod binding;
 pub mod file;
 mod settings;
 
@@ -49,49 +51,61 @@ pub struct Loaded {
     pub source: ConfigSource,
     /// Keys present in the file that Caldera does not know (dotted paths).
     pub unknown_keys: Vec<String>,
-    /// Environment variables that overrode file values.
-    pub env_overrides: Vec<&'static str>,
+    /// Environment variables that set keys.
+    pub env_overrides: Vec<String>,
+    /// Keys set that Caldera reads but does not act on ([`file::NOT_ACTED_ON`]).
+    pub not_acted_on: Vec<&'static str>,
 }
 
 impl Loaded {
-    /// Loads as `caldera` does at startup: explicit path, else `./application.yml`, else defaults.
+    /// Loads as `caldera` does at startup: explicit path, else `./application.yml`, else defaults;
+    /// then the environment.
     pub fn load(explicit: Option<&Path>) -> Result<Loaded, ConfigError> {
-        Self::load_with_env(explicit, |k| std::env::var(k).ok())
+        Self::load_with_env(explicit, std::env::vars())
     }
 
-    pub fn load_with_env(
-        explicit: Option<&Path>,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Loaded, ConfigError> {
+    pub fn load_with_env(explicit: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Loaded, ConfigError> {
         let path = match explicit {
             Some(p) => Some(p.to_path_buf()),
             None => Some(PathBuf::from("application.yml")).filter(|p| p.is_file()),
         };
-        let (mut config, unknown_keys, source) = match path {
+        let (mut tree, source) = match path {
             Some(path) => {
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
-                let (config, unknown) = parse(&text, &path.display().to_string())?;
-                (config, unknown, ConfigSource::File(path))
+                let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+                (tree(&text, &path.display().to_string())?, ConfigSource::File(path))
             }
-            None => (Config::default(), Vec::new(), ConfigSource::Defaults),
+            None => (serde_yaml_ng::Value::Mapping(Default::default()), ConfigSource::Defaults),
         };
-        let env_overrides = apply_env(&mut config, env)?;
-        let settings = Settings::from_file(&config, &source.to_string())?;
-        Ok(Loaded { settings, source, unknown_keys, env_overrides })
+        let known = known();
+        binding::normalize(&mut tree, &known);
+        let env_overrides = binding::apply_env(&mut tree, &known, env)?;
+        let not_acted_on = file::NOT_ACTED_ON.iter().copied().filter(|key| binding::is_set(&tree, key)).collect();
+        let origin = source.to_string();
+        let (config, unknown_keys) = deserialize(tree, &origin)?;
+        let settings = Settings::from_file(&config, &origin)?;
+        Ok(Loaded { settings, source, unknown_keys, env_overrides, not_acted_on })
     }
 }
 
-/// Parses YAML text into the file model; returns it and the unknown keys it skipped.
-pub fn parse(text: &str, origin: &str) -> Result<(Config, Vec<String>), ConfigError> {
-    let mut unknown = Vec::new();
-    // An empty file (or one with only comments) means "all defaults".
-    if text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
-        return Ok((Config::default(), unknown));
+/// The defaults as a tree: every key the file model knows, spelled as it spells them.
+fn known() -> serde_yaml_ng::Value {
+    serde_yaml_ng::to_value(Config::default()).unwrap_or_default()
+}
+
+/// YAML text as a tree; an empty file (or one with only comments) is an empty mapping.
+fn tree(text: &str, origin: &str) -> Result<serde_yaml_ng::Value, ConfigError> {
+    match serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text) {
+        Ok(serde_yaml_ng::Value::Null) => Ok(serde_yaml_ng::Value::Mapping(Default::default())),
+        Ok(v) => Ok(v),
+        Err(e) => Err(ConfigError::Syntax { path: origin.into(), message: e.to_string() }),
     }
-    let de = serde_yaml_ng::Deserializer::from_str(text);
+}
+
+/// Reads the file model from a tree; returns it and the unknown keys it skipped.
+fn deserialize(tree: serde_yaml_ng::Value, origin: &str) -> Result<(Config, Vec<String>), ConfigError> {
+    let mut unknown = Vec::new();
     let mut record = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
-    let de = serde_ignored::Deserializer::new(de, &mut record);
+    let de = serde_ignored::Deserializer::new(tree, &mut record);
     let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
         let message = e.into_inner().to_string();
@@ -104,40 +118,20 @@ pub fn parse(text: &str, origin: &str) -> Result<(Config, Vec<String>), ConfigEr
     Ok((config, unknown))
 }
 
-fn apply_env(config: &mut Config, env: impl Fn(&str) -> Option<String>) -> Result<Vec<&'static str>, ConfigError> {
-    let mut applied = Vec::new();
-    let invalid = |key: &str, message: String| ConfigError::Invalid {
-        path: "environment".into(),
-        key: key.into(),
-        message,
-    };
-    if let Some(v) = env("SERVER_PORT") {
-        config.server.port = v
-            .trim()
-            .parse()
-            .map_err(|_| invalid("SERVER_PORT", format!("`{v}` is not a port number (0-65535)")))?;
-        applied.push("SERVER_PORT");
-    }
-    if let Some(v) = env("SERVER_ADDRESS") {
-        config.server.address = v
-            .trim()
-            .parse()
-            .map_err(|_| invalid("SERVER_ADDRESS", format!("`{v}` is not an IP address")))?;
-        applied.push("SERVER_ADDRESS");
-    }
-    if let Some(v) = env("LAVALINK_SERVER_PASSWORD") {
-        config.lavalink.server.password = v;
-        applied.push("LAVALINK_SERVER_PASSWORD");
-    }
-    Ok(applied)
+/// Parses YAML text into the file model (keys in any of Spring's spellings); returns it and the
+/// unknown keys it skipped.
+pub fn parse(text: &str, origin: &str) -> Result<(Config, Vec<String>), ConfigError> {
+    let mut tree = tree(text, origin)?;
+    binding::normalize(&mut tree, &known());
+    deserialize(tree, origin)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn no_env(_: &str) -> Option<String> {
-        None
+    fn no_env() -> Vec<(String, String)> {
+        Vec::new()
     }
 
     #[test]
@@ -185,7 +179,7 @@ sentry: { dsn: "" }
         assert_eq!(c.metrics.prometheus.endpoint, "/prom");
         assert_eq!(c.caldera.workers, 3);
         assert_eq!(c.caldera.players_per_worker, 20);
-        assert_eq!(unknown, vec!["lavalink.plugins", "caldera.mystery", "sentry"]);
+        assert_eq!(unknown, vec!["caldera.mystery"], "Lavalink's plugin and sentry keys are known (and not acted on)");
     }
 
     #[test]
@@ -206,16 +200,12 @@ sentry: { dsn: "" }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("application.yml");
         std::fs::write(&path, "server:\n  port: 1000\n").unwrap();
-        let env = |k: &str| match k {
-            "SERVER_PORT" => Some("4000".to_string()),
-            "LAVALINK_SERVER_PASSWORD" => Some("pw".to_string()),
-            _ => None,
-        };
+        let env = [("SERVER_PORT", "4000"), ("LAVALINK_SERVER_PASSWORD", "pw"), ("HOME", "/root")].map(|(k, v)| (k.to_string(), v.to_string()));
         let loaded = Loaded::load_with_env(Some(&path), env).unwrap();
         assert_eq!(loaded.settings.listen.port(), 4000);
         assert_eq!(loaded.settings.password, "pw");
-        assert_eq!(loaded.env_overrides, vec!["SERVER_PORT", "LAVALINK_SERVER_PASSWORD"]);
-        let bad = Loaded::load_with_env(Some(&path), |k| (k == "SERVER_PORT").then(|| "x".into()));
+        assert_eq!(loaded.env_overrides, vec!["LAVALINK_SERVER_PASSWORD", "SERVER_PORT"]);
+        let bad = Loaded::load_with_env(Some(&path), [("SERVER_PORT".to_string(), "x".to_string())]);
         assert!(bad.unwrap_err().to_string().contains("SERVER_PORT"));
     }
 
@@ -224,7 +214,7 @@ sentry: { dsn: "" }
         let (c, unknown) = parse("# nothing here\n", "e.yml").unwrap();
         assert_eq!(c.server.port, 2333);
         assert!(unknown.is_empty());
-        let err = Loaded::load_with_env(Some(Path::new("/nonexistent/a.yml")), no_env).unwrap_err();
+        let err = Loaded::load_with_env(Some(Path::new("/nonexistent/a.yml")), no_env()).unwrap_err();
         assert!(matches!(err, ConfigError::Read { .. }));
     }
 
@@ -266,5 +256,120 @@ sentry: { dsn: "" }
             let err = planner(body).unwrap_err().to_string();
             assert!(err.contains(&format!("lavalink.server.ratelimit.{key}")), "{body}: {err}");
         }
+    }
+
+    /// Lavalink's stock `application.yml.example` (v4), as operators copy it.
+    const LAVALINK_EXAMPLE: &str = r#"
+server: # REST and WS server
+  port: 2333
+  address: 0.0.0.0
+  http2:
+    enabled: false
+plugins:
+lavalink:
+  plugins:
+  server:
+    password: "youshallnotpass"
+    sources:
+      youtube: false
+      bandcamp: true
+      soundcloud: true
+      twitch: true
+      vimeo: true
+      nico: true
+      http: true
+      local: false
+    filters:
+      volume: true
+      equalizer: true
+      karaoke: true
+      timescale: true
+      tremolo: true
+      vibrato: true
+      distortion: true
+      rotation: true
+      channelMix: true
+      lowPass: true
+    nonAllocatingFrameBuffer: false
+    bufferDurationMs: 400
+    frameBufferDurationMs: 5000
+    opusEncodingQuality: 10
+    resamplingQuality: LOW
+    trackStuckThresholdMs: 10000
+    useSeekGhosting: true
+    youtubePlaylistLoadLimit: 6
+    playerUpdateInterval: 5
+    youtubeSearchEnabled: true
+    soundcloudSearchEnabled: true
+    soundcloudFilterOutPreviewTracks: false
+    gc-warnings: true
+    timeouts:
+      connectTimeoutMs: 3000
+      connectionRequestTimeoutMs: 3000
+      socketTimeoutMs: 3000
+metrics:
+  prometheus:
+    enabled: false
+    endpoint: /metrics
+sentry:
+  dsn: ""
+  environment: ""
+logging:
+  file:
+    path: ./logs/
+  level:
+    root: INFO
+    lavalink: INFO
+  request:
+    enabled: true
+    includeClientInfo: true
+    includeHeaders: false
+    includeQueryString: true
+    includePayload: true
+    maxPayloadLength: 10000
+    beforeRequest: false
+  logback:
+    rollingpolicy:
+      max-file-size: 1GB
+      max-history: 30
+"#;
+
+    #[test]
+    fn lavalink_s_stock_file_loads_without_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("application.yml");
+        std::fs::write(&path, LAVALINK_EXAMPLE).unwrap();
+        let loaded = Loaded::load_with_env(Some(&path), no_env()).unwrap();
+        assert!(loaded.unknown_keys.is_empty(), "{:?}", loaded.unknown_keys);
+        assert!(loaded.not_acted_on.contains(&"lavalink.server.gcWarnings"), "{:?}", loaded.not_acted_on);
+        assert!(loaded.not_acted_on.contains(&"sentry") && !loaded.not_acted_on.contains(&"lavalink.server.password"));
+        assert_eq!((loaded.settings.http.connect_timeout_ms, loaded.settings.http.proxy.clone()), (3000, None));
+    }
+
+    #[test]
+    fn keys_in_any_spelling_and_from_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("application.yml");
+        std::fs::write(&path, "lavalink:\n  server:\n    player-update-interval: 3\n    track_stuck_threshold_ms: 2000\n    http-config:\n      proxy-host: 127.0.0.1\n      proxy-port: 3128\n").unwrap();
+        let env = [
+            ("LAVALINK_SERVER_SOURCES_HTTP", "false"),
+            ("METRICS_PROMETHEUS_ENABLED", "true"),
+            ("LAVALINK_SERVER_FILTERS_LOW_PASS", "false"),
+            ("LAVALINK_SERVER_TIMEOUTS_SOCKETTIMEOUTMS", "1500"),
+            ("LAVALINK_SERVER_HTTPCONFIG_PROXYUSER", "bot"),
+            ("CALDERA_WORKER_MEMORYLIMIT", "1073741824"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let loaded = Loaded::load_with_env(Some(&path), env).unwrap();
+        let s = &loaded.settings;
+        assert_eq!(s.player_update_interval, std::time::Duration::from_secs(3));
+        assert_eq!(s.track_stuck_threshold, std::time::Duration::from_millis(2000));
+        assert!(!s.sources.http && s.prometheus.is_some() && !s.filters.low_pass);
+        assert_eq!(s.http.read_timeout_ms, 1500);
+        assert_eq!(s.memory_limit, Some(1 << 30));
+        let proxy = s.http.proxy.clone().unwrap();
+        assert_eq!((proxy.url.as_str(), proxy.user.as_deref()), ("http://127.0.0.1:3128", Some("bot")));
+        assert_eq!(loaded.env_overrides.len(), 6, "{:?}", loaded.env_overrides);
+        assert!(loaded.unknown_keys.is_empty(), "{:?}", loaded.unknown_keys);
     }
 }

@@ -40,6 +40,8 @@ pub struct Settings {
     pub sandbox: SandboxMode,
     /// Data-segment ceiling per worker, in bytes.
     pub memory_limit: Option<u64>,
+    /// Timeouts and proxy of outbound source requests.
+    pub http: caldera_protocol::HttpSettings,
 }
 
 /// How worker processes are confined (`caldera.worker.sandbox`).
@@ -158,7 +160,7 @@ impl Settings {
             }
         };
         let route_planner = match &server.ratelimit {
-            Some(r) if !r.ip_blocks.is_empty() => Some(route_planner(r).map_err(|(key, message)| invalid(key, message))?),
+            r if !r.ip_blocks.is_empty() => Some(route_planner(r).map_err(|(key, message)| invalid(key, message))?),
             _ => None,
         };
         let mut local_directories = Vec::new();
@@ -183,6 +185,32 @@ impl Settings {
             Some(own) => format!("{root},caldera={own},caldera_gateway={own},caldera_worker={own}"),
             None => root.to_string(),
         };
+        let timeouts = &server.timeouts;
+        for (key, ms) in [
+            ("connectTimeoutMs", timeouts.connect_timeout_ms),
+            ("connectionRequestTimeoutMs", timeouts.connection_request_timeout_ms),
+            ("socketTimeoutMs", timeouts.socket_timeout_ms),
+        ] {
+            if !(1..=600_000).contains(&ms) {
+                return Err(invalid(&format!("lavalink.server.timeouts.{key}"), format!("must be 1-600000 ms, got {ms}")));
+            }
+        }
+        let proxy = &server.http_config;
+        let proxy = match proxy.proxy_host.trim() {
+            "" => None,
+            host if proxy.proxy_port == 0 => return Err(invalid("lavalink.server.httpConfig.proxyPort", format!("a proxy port is needed for {host}"))),
+            host => {
+                let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_string() };
+                let blank = |s: &str| Some(s.to_string()).filter(|s| !s.is_empty());
+                Some(caldera_protocol::Proxy { url: format!("http://{host}:{}", proxy.proxy_port), user: blank(&proxy.proxy_user), password: blank(&proxy.proxy_password) })
+            }
+        };
+        let http = caldera_protocol::HttpSettings {
+            connect_timeout_ms: timeouts.connect_timeout_ms,
+            response_timeout_ms: timeouts.connection_request_timeout_ms,
+            read_timeout_ms: timeouts.socket_timeout_ms,
+            proxy,
+        };
         Ok(Self {
             listen: SocketAddr::new(config.server.address, config.server.port),
             password: server.password.clone(),
@@ -200,6 +228,7 @@ impl Settings {
             load_timeout: Duration::from_millis(caldera.load_timeout_ms),
             sandbox,
             memory_limit,
+            http,
         })
     }
 
@@ -212,6 +241,7 @@ impl Settings {
             player_update_interval_ms: self.player_update_interval.as_millis() as u64,
             track_stuck_threshold_ms: self.track_stuck_threshold.as_millis() as u64,
             route_planner: self.route_planner.as_ref().map(|r| caldera_protocol::RoutePlanning { retry_limit: r.retry_limit }),
+            http: self.http.clone(),
         }
     }
 }

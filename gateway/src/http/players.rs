@@ -59,12 +59,19 @@ pub async fn update_player(
         return Err(PlayerError::SessionNotFound.into());
     }
     let update: PlayerUpdate = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("Invalid player update: {e}")))?;
-    let (request, user_data) = update.validate().map_err(ApiError::bad_request)?;
+    let (mut request, user_data) = update.validate().map_err(ApiError::bad_request)?;
     // Filters are checked before any track is loaded, so a bad request costs nothing.
     let filters = match &update.filters {
         Some(f) => Some(crate::players::filters::parse(f, &state.node.settings.filters).map_err(ApiError::bad_request)?),
         None => None,
     };
+    // noReplace is decided before anything is loaded: with a track playing, the track part of
+    // the request is skipped (`encoded: null` included), and a load that would fail is no error.
+    let skip_track = query.no_replace && !matches!(request, TrackRequest::Keep) && state.node.players.has_track(&session, guild);
+    if skip_track {
+        tracing::debug!(guild, "noReplace: a track is playing; the request's track part is skipped");
+        request = TrackRequest::Keep;
+    }
     let track = match request {
         TrackRequest::Keep => TrackChange::Keep,
         TrackRequest::Stop => TrackChange::Stop,
@@ -78,21 +85,24 @@ pub async fn update_player(
             TrackChange::Play { data: Box::new(data), encoded }
         }
     };
-    let resolved = Resolved::new(&update, track, user_data, filters, query.no_replace);
+    let mut resolved = Resolved::new(&update, track, user_data, filters);
+    if skip_track {
+        resolved = resolved.without_track();
+    }
     Ok(Json(state.node.players.apply(&session, guild, resolved)?))
 }
 
 /// Loads an identifier that must resolve to exactly one track.
 async fn load_single(state: &AppState, identifier: &str) -> Result<TrackData, ApiError> {
+    // Lavalink's messages, word for word; the cause goes to `?trace=true`.
+    const NO_MATCHES: &str = "No matches found for identifier";
     let Some(request) = classify(identifier, state) else {
-        return Err(ApiError::bad_request(format!("No matches found for identifier `{identifier}`")));
+        return Err(ApiError::bad_request(NO_MATCHES));
     };
     match state.node.supervisor.load(request, load_deadline(state)).await {
         LoadResult::Track(t) => Ok(t),
-        LoadResult::Playlist { .. } | LoadResult::Search(_) => {
-            Err(ApiError::bad_request(format!("The identifier `{identifier}` loads several tracks; use /v4/loadtracks and pick one")))
-        }
-        LoadResult::Empty => Err(ApiError::bad_request(format!("No matches found for identifier `{identifier}`"))),
-        LoadResult::Error(e) => Err(ApiError::bad_request(format!("Failed to load `{identifier}`: {} ({})", e.message, e.cause))),
+        LoadResult::Playlist { .. } | LoadResult::Search(_) => Err(ApiError::bad_request("Cannot play a playlist or search result")),
+        LoadResult::Empty => Err(ApiError::bad_request(NO_MATCHES)),
+        LoadResult::Error(e) => Err(ApiError::bad_request(e.message).with_trace(e.cause)),
     }
 }

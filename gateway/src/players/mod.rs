@@ -118,7 +118,8 @@ impl Players {
         if !self.sessions.exists(session) {
             return Err(PlayerError::SessionNotFound);
         }
-        reg.sessions.get(session).and_then(|s| s.get(&guild)).map(Player::wire).ok_or(PlayerError::PlayerNotFound)
+        let now = crate::clock::unix_ms();
+        reg.sessions.get(session).and_then(|s| s.get(&guild)).map(|p| p.wire(now)).ok_or(PlayerError::PlayerNotFound)
     }
 
     pub fn list(&self, session: &str) -> Result<Vec<lavalink::Player>, PlayerError> {
@@ -128,22 +129,33 @@ impl Players {
         }
         let mut players: Vec<&Player> = reg.sessions.get(session).map(|s| s.values().collect()).unwrap_or_default();
         players.sort_by_key(|p| p.guild_id);
-        Ok(players.into_iter().map(Player::wire).collect())
+        let now = crate::clock::unix_ms();
+        Ok(players.into_iter().map(|p| p.wire(now)).collect())
     }
 
-    /// Destroys a player (no error if it does not exist).
+    /// Destroys a player (no error if it does not exist). A track it was playing ends
+    /// `stopped`, as in Lavalink.
     pub fn destroy(&self, session: &str, guild: u64) -> Result<(), PlayerError> {
         let removed = {
             let mut reg = self.lock();
             if !self.sessions.exists(session) {
                 return Err(PlayerError::SessionNotFound);
             }
-            reg.remove(session, guild)
+            let removed = reg.remove(session, guild);
+            if let Some(t) = removed.as_ref().and_then(|p| p.track.as_ref()) {
+                self.sessions.send(session, &track_end(guild.to_string(), t, EndReason::Stopped));
+            }
+            removed
         };
-        if let Some(p) = removed {
+        if let Some(p) = removed.filter(|p| !p.stranded) {
             self.send(vec![(p.worker, p.id, PlayerCommand::Destroy)]);
         }
         Ok(())
+    }
+
+    /// Whether the player has a current track (for `noReplace`, decided before any load).
+    pub fn has_track(&self, session: &str, guild: u64) -> bool {
+        self.lock().sessions.get(session).and_then(|s| s.get(&guild)).is_some_and(|p| p.track.is_some())
     }
 
     /// A session is gone: its players are destroyed.
@@ -195,7 +207,7 @@ impl Players {
         } else {
             commands.extend(updates.into_iter().map(|c| (p.worker, p.id, c)));
         }
-        let wire = p.wire();
+        let wire = p.wire(crate::clock::unix_ms());
         drop(guard);
         self.send(commands);
         Ok(wire)
@@ -233,7 +245,8 @@ impl Players {
         let reg = self.lock();
         let mut players: Vec<&Player> = reg.sessions.get(session).map(|s| s.values().collect()).unwrap_or_default();
         players.sort_by_key(|p| p.guild_id);
-        players.into_iter().map(Player::update_op).collect()
+        let now = crate::clock::unix_ms();
+        players.into_iter().map(|p| p.update_op(now)).collect()
     }
 
     /// A session's frameStats: averages over its players whose last minute is usable (§4.4);
@@ -305,7 +318,7 @@ impl Players {
             }
             PlayerEvent::State(state) => {
                 p.state = state;
-                Some(p.update_op())
+                Some(Op::PlayerUpdate { guild_id, state: (&state).into() })
             }
             PlayerEvent::VoiceClosed { code, reason, by_remote } => {
                 Some(Op::Event(Event::WebSocketClosedEvent { guild_id, code, reason, by_remote }))

@@ -14,6 +14,8 @@ pub struct PlayerTrack {
     pub data: TrackData,
     pub encoded: String,
     pub user_data: Value,
+    /// Where this track ends early (`endTime`): it belongs to the track it was sent with.
+    pub end_time: Option<u64>,
 }
 
 impl PlayerTrack {
@@ -49,7 +51,6 @@ pub struct Player {
     pub live_tracks: HashMap<u64, PlayerTrack>,
     pub volume: u16,
     pub paused: bool,
-    pub end_time: Option<u64>,
     pub voice: Option<VoiceServer>,
     pub filters: Filters,
     pub state: PlayerState,
@@ -77,7 +78,6 @@ impl Player {
             live_tracks: HashMap::new(),
             volume: 100,
             paused: false,
-            end_time: None,
             voice: None,
             filters: Filters::default(),
             crashed_with: None,
@@ -107,16 +107,16 @@ impl Player {
         self.frames = Some(FrameReport { at: now, sent, nulled, usable: self.played_last_minute(now) });
     }
 
-    /// Where the current track was when its worker went away: the last reported position,
-    /// advanced by the time since that report while playing — at most one report interval, since
-    /// a worker alive for longer would have reported again — at the timescale's speed, and within
-    /// the track and its end time.
-    pub fn position_at_loss(&self, now_ms: i64, report_every_ms: u64) -> u64 {
-        let Some(track) = &self.track else { return self.state.position_ms };
+    /// Where the current track is at `now_ms`: the last reported (or set) position, advanced by
+    /// the time since at the timescale's speed while it plays, within the track and its end
+    /// time; 0 without a track. `at_most` bounds the time counted (a worker that went away
+    /// stopped within one report interval of its last report).
+    pub fn live_position(&self, now_ms: i64, at_most: Option<u64>) -> u64 {
+        let Some(track) = &self.track else { return 0 };
         let mut position = self.state.position_ms;
-        if !self.paused {
+        if !self.paused && !self.stranded {
             // The report's figures come from the worker: bounded, never trusted to be sane.
-            let elapsed = now_ms.saturating_sub(self.state.time_ms).clamp(0, report_every_ms as i64) as f64;
+            let elapsed = now_ms.saturating_sub(self.state.time_ms).clamp(0, at_most.map_or(i64::MAX, |m| m.min(i64::MAX as u64) as i64)) as f64;
             let speed = self.filters.timescale.map_or(1.0, |t| t.speed * t.rate);
             let speed = if speed.is_finite() { speed.clamp(0.0, 100.0) } else { 1.0 };
             position = position.saturating_add((elapsed * speed) as u64);
@@ -124,11 +124,29 @@ impl Player {
         if !track.data.info.is_stream {
             position = position.min(track.data.info.length);
         }
-        self.end_time.map_or(position, |end| position.min(end))
+        track.end_time.map_or(position, |end| position.min(end))
     }
 
-    /// Lavalink's Player object.
-    pub fn wire(&self) -> lavalink::Player {
+    /// Records the live position as the state at `now_ms`, before something changes how it
+    /// advances (a pause, a speed change).
+    pub fn settle(&mut self, now_ms: i64) {
+        self.state.position_ms = self.live_position(now_ms, None);
+        self.state.time_ms = now_ms;
+    }
+
+    /// Where the current track was when its worker went away (see [`Self::live_position`]).
+    pub fn position_at_loss(&self, now_ms: i64, report_every_ms: u64) -> u64 {
+        self.live_position(now_ms, Some(report_every_ms))
+    }
+
+    /// The state as of `now_ms`, with the live position.
+    pub fn live_state(&self, now_ms: i64) -> lavalink::PlayerState {
+        lavalink::PlayerState { time: now_ms, position: self.live_position(now_ms, None), ..(&self.state).into() }
+    }
+
+    /// Lavalink's Player object as of `now_ms`: the live state, and the track at its live
+    /// position.
+    pub fn wire(&self, now_ms: i64) -> lavalink::Player {
         let voice = match &self.voice {
             Some(v) => lavalink::VoiceState {
                 token: v.token.clone(),
@@ -138,20 +156,21 @@ impl Player {
             },
             None => lavalink::VoiceState { token: String::new(), endpoint: String::new(), session_id: String::new(), channel_id: None },
         };
+        let state = self.live_state(now_ms);
         lavalink::Player {
             guild_id: self.guild_id.to_string(),
-            track: self.track.as_ref().map(|t| t.wire(Some(self.state.position_ms))),
+            track: self.track.as_ref().map(|t| t.wire(Some(state.position))),
             volume: self.volume,
             paused: self.paused,
-            state: (&self.state).into(),
+            state,
             voice,
             filters: (&self.filters).into(),
         }
     }
 
-    /// The `playerUpdate` op of this player.
-    pub fn update_op(&self) -> Op {
-        Op::PlayerUpdate { guild_id: self.guild_id.to_string(), state: (&self.state).into() }
+    /// The `playerUpdate` op of this player, as of `now_ms`.
+    pub fn update_op(&self, now_ms: i64) -> Op {
+        Op::PlayerUpdate { guild_id: self.guild_id.to_string(), state: self.live_state(now_ms) }
     }
 
     pub fn guild(&self) -> String {
@@ -184,7 +203,7 @@ mod tests {
             source_name: "http".into(),
             position: 0,
         };
-        p.track = Some(PlayerTrack { seq: 1, data: TrackData { info, source_data: Vec::new() }, encoded: String::new(), user_data: json!({}) });
+        p.track = Some(PlayerTrack { seq: 1, data: TrackData { info, source_data: Vec::new() }, encoded: String::new(), user_data: json!({}), end_time: None });
         p.state.position_ms = position_ms;
         p.state.time_ms = reported_at;
         p
@@ -204,7 +223,7 @@ mod tests {
         assert_eq!(fast.position_at_loss(1_000_700, 5_000), 11_400);
         let mut ending = playing(59_900, 1_000_000, 60_000);
         assert_eq!(ending.position_at_loss(1_000_700, 5_000), 60_000, "within the track");
-        ending.end_time = Some(59_950);
+        ending.track.as_mut().unwrap().end_time = Some(59_950);
         assert_eq!(ending.position_at_loss(1_000_700, 5_000), 59_950, "within the end time");
         let mut hostile = playing(u64::MAX - 5, i64::MIN, u64::MAX);
         hostile.filters.timescale = Some(Timescale { speed: f64::MAX, pitch: 1.0, rate: f64::MAX });
@@ -215,12 +234,17 @@ mod tests {
     fn the_wire_player_shows_voice_and_live_track_position() {
         let mut p = playing(1_234, 0, 60_000);
         p.voice = Some(VoiceServer { token: "t".into(), endpoint: "e".into(), session_id: "s".into(), channel_id: 42 });
-        let wire = serde_json::to_value(p.wire()).unwrap();
+        let wire = serde_json::to_value(p.wire(500)).unwrap();
         assert_eq!(wire["voice"], json!({"token": "t", "endpoint": "e", "sessionId": "s", "channelId": "42"}));
-        assert_eq!(wire["track"]["info"]["position"], 1_234);
+        assert_eq!(wire["track"]["info"]["position"], 1_734, "live: the report plus the time since");
+        assert_eq!(wire["state"]["position"], 1_734);
+        assert_eq!(wire["state"]["time"], 500);
         assert_eq!(wire["filters"], json!({}));
-        let empty = serde_json::to_value(Player::new(2, 0, 7).wire()).unwrap();
+        p.paused = true;
+        assert_eq!(serde_json::to_value(p.wire(900)).unwrap()["state"]["position"], 1_234, "frozen while paused");
+        let empty = serde_json::to_value(Player::new(2, 0, 7).wire(0)).unwrap();
         assert_eq!(empty["voice"]["channelId"], Value::Null);
+        assert_eq!(empty["state"]["position"], 0);
         assert_eq!(empty["guildId"], "7");
     }
 }

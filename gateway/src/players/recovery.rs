@@ -110,7 +110,7 @@ pub(super) fn restore(p: &mut Player, target: u32, user_id: u64) -> Commands {
             track_seq: t.seq,
             track: t.data.clone(),
             start_ms: p.state.position_ms,
-            end_ms: p.end_time,
+            end_ms: t.end_time,
             paused: p.paused,
         });
     }

@@ -49,6 +49,10 @@ pub struct VoiceUpdate {
     pub channel_id: Option<String>,
 }
 
+/// Lavalink's messages, word for word.
+const BOTH: &str = "Cannot specify both encodedTrack and identifier";
+const VOICE_INCOMPLETE: &str = "token, endpoint, sessionId and channelId must be provided in voice state";
+
 /// What the update asks of the track.
 #[derive(Debug, Clone)]
 pub enum TrackRequest {
@@ -66,14 +70,14 @@ impl PlayerUpdate {
             return Err("Cannot specify both track and encodedTrack/identifier".into());
         }
         if self.encoded_track.is_some() && self.identifier.is_some() {
-            return Err("Cannot specify both encodedTrack and identifier".into());
+            return Err(BOTH.into());
         }
         let (encoded, identifier, user_data) = match &self.track {
             Some(t) => (t.encoded.clone(), t.identifier.clone(), t.user_data.clone()),
             None => (self.encoded_track.clone(), self.identifier.clone(), None),
         };
         if encoded.is_some() && identifier.is_some() {
-            return Err("Cannot specify both encoded and identifier".into());
+            return Err(BOTH.into());
         }
         if let Some(v) = self.volume {
             if !(0..=1000).contains(&v) {
@@ -87,7 +91,7 @@ impl PlayerUpdate {
         }
         if let Some(Some(e)) = self.end_time {
             if e <= 0 {
-                return Err(format!("End time must be greater than 0, got {e}"));
+                return Err("End time must be greater than 0".into());
             }
         }
         if let Some(u) = &user_data {
@@ -109,18 +113,18 @@ impl PlayerUpdate {
 }
 
 fn voice_of(v: &VoiceUpdate) -> Result<VoiceServer, String> {
-    let field = |value: &Option<String>, name: &str| -> Result<String, String> {
+    let field = |value: &Option<String>| -> Result<String, String> {
         match value.as_deref().map(str::trim) {
             Some(s) if !s.is_empty() => Ok(s.to_string()),
-            _ => Err(format!("Partial Lavalink voice state: {name} is missing or blank; token, endpoint, sessionId and channelId are required")),
+            _ => Err(VOICE_INCOMPLETE.into()),
         }
     };
-    let channel = field(&v.channel_id, "channelId")?;
+    let channel = field(&v.channel_id)?;
     let channel_id = channel.parse::<u64>().ok().filter(|c| *c != 0).ok_or_else(|| format!("channelId must be a Discord snowflake, got `{channel}`"))?;
     Ok(VoiceServer {
-        token: field(&v.token, "token")?,
-        endpoint: field(&v.endpoint, "endpoint")?,
-        session_id: field(&v.session_id, "sessionId")?,
+        token: field(&v.token)?,
+        endpoint: field(&v.endpoint)?,
+        session_id: field(&v.session_id)?,
         channel_id,
     })
 }
@@ -136,7 +140,6 @@ pub struct Resolved {
     pub paused: Option<bool>,
     pub filters: Option<Filters>,
     pub voice: Option<VoiceServer>,
-    pub no_replace: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -147,13 +150,7 @@ pub enum TrackChange {
 }
 
 impl Resolved {
-    pub fn new(
-        update: &PlayerUpdate,
-        track: TrackChange,
-        user_data: Option<Value>,
-        filters: Option<Filters>,
-        no_replace: bool,
-    ) -> Self {
+    pub fn new(update: &PlayerUpdate, track: TrackChange, user_data: Option<Value>, filters: Option<Filters>) -> Self {
         Self {
             track,
             user_data,
@@ -163,13 +160,21 @@ impl Resolved {
             paused: update.paused,
             filters,
             voice: update.voice.as_ref().and_then(|v| voice_of(v).ok()),
-            no_replace,
         }
     }
 
-    /// Updates the registry's player and returns the commands for its worker, in order.
+    /// The update `noReplace` leaves of a request whose track part is skipped: what Lavalink's
+    /// server applies before looking at the track (voice, volume, filters). Pause, position, end
+    /// time and user data would have gone with the new track, so they go with it.
+    pub fn without_track(self) -> Self {
+        Self { track: TrackChange::Keep, user_data: None, position: None, end_time: None, paused: None, ..self }
+    }
+
+    /// Updates the registry's player and returns the commands for its worker, in order
+    /// (lavalink-internals §1.2–1.5, Lavalink's PlayerRestHandler).
     pub fn apply_to(self, p: &mut Player, track_seq: &AtomicU64) -> Vec<PlayerCommand> {
         let mut commands = Vec::new();
+        let now_ms = crate::clock::unix_ms();
         if let Some(v) = self.voice {
             if p.voice.as_ref() != Some(&v) {
                 commands.push(PlayerCommand::Voice(v.clone()));
@@ -181,37 +186,36 @@ impl Resolved {
             commands.push(PlayerCommand::Volume(volume));
         }
         if let Some(filters) = self.filters {
+            // The position so far counts at the old speed.
+            p.settle(now_ms);
             p.filters = filters.clone();
             commands.push(PlayerCommand::Filters(filters));
         }
-        if let Some(end) = self.end_time {
-            p.end_time = end;
-        }
-        let replace_blocked = self.no_replace && p.track.is_some();
         match self.track {
-            TrackChange::Play { data, encoded } if !replace_blocked => {
-                // Starting a track unpauses, unless `paused` is in the same request (§5.11).
+            TrackChange::Play { data, encoded } => {
+                // Starting a track unpauses, unless `paused` is in the same request (§5.11); the
+                // end time and position of the request belong to the new track.
                 let paused = self.paused.unwrap_or(false);
                 let start = self.position.unwrap_or(0);
+                let end_time = self.end_time.flatten();
                 let seq = track_seq.fetch_add(1, Ordering::Relaxed);
-                let t = PlayerTrack { seq, data: (*data).clone(), encoded, user_data: self.user_data.unwrap_or_else(|| serde_json::json!({})) };
+                let user_data = self.user_data.unwrap_or_else(crate::lavalink::empty_object);
+                let t = PlayerTrack { seq, data: (*data).clone(), encoded, user_data, end_time };
                 p.live_tracks.insert(seq, t.clone());
                 p.track = Some(t);
                 p.paused = paused;
                 p.state.position_ms = start;
-                p.state.time_ms = crate::clock::unix_ms();
-                commands.push(PlayerCommand::Play { track_seq: seq, track: *data, start_ms: start, end_ms: p.end_time, paused });
+                p.state.time_ms = now_ms;
+                commands.push(PlayerCommand::Play { track_seq: seq, track: *data, start_ms: start, end_ms: end_time, paused });
             }
             TrackChange::Stop => {
                 if p.track.take().is_some() {
                     commands.push(PlayerCommand::Stop);
                 }
-                if let Some(paused) = self.paused {
-                    p.paused = paused;
-                    commands.push(PlayerCommand::Pause(paused));
-                }
+                p.paused = self.paused.unwrap_or(false);
+                commands.push(PlayerCommand::Pause(p.paused));
             }
-            _ => {
+            TrackChange::Keep => {
                 if let (Some(u), Some(t)) = (self.user_data, p.track.as_mut()) {
                     t.user_data = u.clone();
                     if let Some(live) = p.live_tracks.get_mut(&t.seq) {
@@ -219,16 +223,24 @@ impl Resolved {
                     }
                 }
                 if let Some(paused) = self.paused {
+                    p.settle(now_ms);
                     p.paused = paused;
                     commands.push(PlayerCommand::Pause(paused));
                 }
-                if let Some(end) = self.end_time {
+                if let (Some(end), Some(t)) = (self.end_time, p.track.as_mut()) {
+                    t.end_time = end;
+                    if let Some(live) = p.live_tracks.get_mut(&t.seq) {
+                        live.end_time = end;
+                    }
                     commands.push(PlayerCommand::EndTime(end));
                 }
-                if let (Some(position), Some(_)) = (self.position, p.track.as_ref()) {
-                    p.state.position_ms = position;
-                    p.state.time_ms = crate::clock::unix_ms();
-                    commands.push(PlayerCommand::Seek { position_ms: position });
+                // A track that cannot seek (a stream) ignores seeks, as Lavaplayer does.
+                if let (Some(position), Some(t)) = (self.position, p.track.as_ref()) {
+                    if !t.data.info.is_stream {
+                        p.state.position_ms = position;
+                        p.state.time_ms = now_ms;
+                        commands.push(PlayerCommand::Seek { position_ms: position });
+                    }
                 }
             }
         }

@@ -4,7 +4,7 @@
 //! worker (the thread's result is checked).
 
 use super::ring::{Ring, CAPACITY_FRAMES, CHANNELS, SAMPLE_RATE};
-use crate::routes::Routes;
+use crate::net::Net;
 use crate::sources::{self, LoadFailure};
 use caldera_protocol::{ExceptionSeverity, TrackData, TrackException};
 use rubato::{FftFixedIn, Resampler};
@@ -18,15 +18,19 @@ use symphonia::core::units::Time;
 /// Consecutive undecodable packets tolerated before the track is given up.
 const MAX_BAD_PACKETS: u32 = 50;
 
+/// Where a finished seek is announced: the player's events and the track's number.
+pub type SeekReports = (tokio::sync::mpsc::UnboundedSender<super::Internal>, u64);
+
 pub fn spawn(
     track: TrackData,
     start_ms: u64,
     settings: crate::Settings,
-    routes: Arc<Routes>,
+    net: Net,
     ring: Arc<Ring>,
+    seeked: SeekReports,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name("caldera-decode".into()).spawn(move || {
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&track, start_ms, &settings, &routes, &ring)));
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&track, start_ms, &settings, &net, &ring, &seeked)));
         let error = match result {
             Ok(Ok(())) => None,
             Ok(Err(f)) => Some(TrackException { message: f.message, severity: f.severity, cause: f.cause }),
@@ -44,8 +48,8 @@ pub fn spawn(
     })
 }
 
-fn run(track: &TrackData, start_ms: u64, settings: &crate::Settings, routes: &Routes, ring: &Ring) -> Result<(), LoadFailure> {
-    let (mut format, container) = sources::open_for_playback(track, settings, routes.outbound(settings.route_planner))?;
+fn run(track: &TrackData, start_ms: u64, settings: &crate::Settings, net: &Net, ring: &Ring, seeked: &SeekReports) -> Result<(), LoadFailure> {
+    let (mut format, container) = sources::open_for_playback(track, settings, net)?;
     let track_info = sources::probe::audio_track(format.as_ref(), container)?;
     let mut decoder = AudioDecoder::new(&track_info.codec_params)?;
     let mut out = Output::new();
@@ -59,15 +63,18 @@ fn run(track: &TrackData, start_ms: u64, settings: &crate::Settings, routes: &Ro
         }
         let seek = ring.lock().seek_to_ms.take();
         if let Some(ms) = seek {
-            let landed = seek_to(format.as_mut(), track_info.id, ms);
-            decoder.reset();
-            out.reset();
-            let mut state = ring.lock();
-            state.samples.clear();
-            state.position_frames = landed * SAMPLE_RATE as u64 / 1000;
-            state.primed = false;
-            drop(state);
-            ring.notify();
+            // A seek that fails leaves the track where it is, buffer and position included.
+            if let Some(landed) = seek_to(format.as_mut(), track_info.id, ms) {
+                decoder.reset();
+                out.reset();
+                let mut state = ring.lock();
+                state.samples.clear();
+                state.position_frames = landed * SAMPLE_RATE as u64 / 1000;
+                state.primed = false;
+                drop(state);
+                ring.notify();
+            }
+            let _ = seeked.0.send(super::Internal::Seeked { track_seq: seeked.1 });
         }
         let packet = match format.next_packet() {
             Ok(p) => p,
@@ -100,14 +107,17 @@ fn run(track: &TrackData, start_ms: u64, settings: &crate::Settings, routes: &Ro
     }
 }
 
-/// Seeks and returns the position to report (ms). Accurate seeks land on the requested time once
-/// the decoder has discarded up to it; a source that cannot seek stays where it is.
-fn seek_to(format: &mut dyn FormatReader, track_id: u32, ms: u64) -> u64 {
+/// Seeks and returns where it landed (ms): accurate seeks land on the requested time once the
+/// decoder has discarded up to it. `None` when the source cannot seek: it stays where it is.
+fn seek_to(format: &mut dyn FormatReader, track_id: u32, ms: u64) -> Option<u64> {
     let time = Time::new(ms / 1000, (ms % 1000) as f64 / 1000.0);
-    if let Err(e) = format.seek(SeekMode::Accurate, SeekTo::Time { time, track_id: Some(track_id) }) {
-        tracing::debug!(error = %e, "seek failed; continuing where we are");
+    match format.seek(SeekMode::Accurate, SeekTo::Time { time, track_id: Some(track_id) }) {
+        Ok(_) => Some(ms),
+        Err(e) => {
+            tracing::debug!(error = %e, "seek failed; continuing where we are");
+            None
+        }
     }
-    ms
 }
 
 /// Symphonia decoders, plus Opus through libopus (symphonia has no Opus decoder).

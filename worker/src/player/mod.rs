@@ -11,7 +11,7 @@ use caldera_protocol::{
     EndReason, ExceptionSeverity, PlayerCommand, PlayerEvent, PlayerState, ToGateway, TrackData, TrackException,
     VoiceServer,
 };
-use crate::routes::Routes;
+use crate::net::Net;
 use pipe::{Controls, Counters, Pipe};
 use ring::{Ring, SAMPLE_RATE};
 use songbird::events::{CoreEvent, Event, EventContext, EventHandler};
@@ -35,8 +35,21 @@ pub enum Internal {
     Ended { track_seq: u64, reason: EndReason, error: Option<TrackException> },
     Stuck { track_seq: u64 },
     VoiceConnected,
-    VoiceDisconnected { code: Option<u16>, reason: String },
+    /// The voice connection ended or could not be made; `closed` is the WebSocketClosedEvent to
+    /// send (none when we left ourselves).
+    VoiceDisconnected { closed: Option<VoiceClosed> },
     Ping(i64),
+    /// The decoder finished a seek of `track_seq` (its position is in the ring).
+    Seeked { track_seq: u64 },
+}
+
+/// A closed voice connection as Lavalink reports it: Discord's close code and reason, or 1006
+/// with a readable reason when the connection dropped or never opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VoiceClosed {
+    pub code: u16,
+    pub reason: String,
+    pub by_remote: bool,
 }
 
 /// The handle the IPC loop keeps for each player.
@@ -58,13 +71,13 @@ pub fn spawn(
     guild_id: u64,
     user_id: u64,
     settings: crate::Settings,
-    routes: Arc<Routes>,
+    net: Net,
     out: mpsc::Sender<ToGateway>,
 ) -> PlayerHandle {
     let (commands, rx) = mpsc::unbounded_channel();
     let task = tokio::spawn(
         async move {
-            let mut p = Player::new(player, guild_id, user_id, settings, routes, out);
+            let mut p = Player::new(player, guild_id, user_id, settings, net, out);
             p.run(rx).await;
         }
         .instrument(tracing::info_span!("player", player, guild_id)),
@@ -74,6 +87,7 @@ pub fn spawn(
 
 struct Current {
     seq: u64,
+    info: caldera_protocol::TrackInfo,
     handle: TrackHandle,
     ring: Arc<Ring>,
     _decoder: std::thread::JoinHandle<()>,
@@ -84,7 +98,7 @@ struct Player {
     guild_id: u64,
     user_id: u64,
     settings: crate::Settings,
-    routes: Arc<Routes>,
+    net: Net,
     out: mpsc::Sender<ToGateway>,
     driver: Driver,
     voice: Option<VoiceServer>,
@@ -102,9 +116,15 @@ struct Player {
 }
 
 impl Player {
-    fn new(id: u64, guild_id: u64, user_id: u64, settings: crate::Settings, routes: Arc<Routes>, out: mpsc::Sender<ToGateway>) -> Self {
+    fn new(id: u64, guild_id: u64, user_id: u64, settings: crate::Settings, net: Net, out: mpsc::Sender<ToGateway>) -> Self {
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
-        let mut driver = Driver::new(Config::default());
+        // One retry, then the client hears of the failure (Lavalink's koe does not retry at all;
+        // songbird's default keeps trying for a minute).
+        let retry = songbird::driver::retry::Retry {
+            strategy: songbird::driver::retry::Strategy::Every(Duration::from_secs(1).into()),
+            retry_limit: std::num::NonZeroU8::new(1),
+        };
+        let mut driver = Driver::new(Config::default().driver_timeout(Some(Duration::from_secs(5))).driver_retry(retry));
         let forward = VoiceEvents { tx: internal_tx.clone() };
         for ev in [CoreEvent::DriverConnect, CoreEvent::DriverReconnect, CoreEvent::DriverDisconnect] {
             driver.add_global_event(Event::Core(ev), forward.clone());
@@ -114,7 +134,7 @@ impl Player {
             guild_id,
             user_id,
             settings,
-            routes,
+            net,
             out,
             driver,
             voice: None,
@@ -205,14 +225,7 @@ impl Player {
                 }
                 self.send_state().await;
             }
-            PlayerCommand::Seek { position_ms } => {
-                if let Some(c) = &self.current {
-                    c.ring.request_seek(position_ms);
-                    // Report the new position right away, as Lavalink does after a seek.
-                    c.ring.lock().position_frames = position_ms * SAMPLE_RATE as u64 / 1000;
-                    self.send_state().await;
-                }
-            }
+            PlayerCommand::Seek { position_ms } => self.seek(position_ms).await,
             PlayerCommand::Volume(v) => self.controls.volume.store(v.min(1000) as u32, Ordering::Relaxed),
             PlayerCommand::EndTime(end) => self.controls.set_end_ms(end),
             PlayerCommand::Filters(f) => self.controls.set_filters(f),
@@ -246,9 +259,11 @@ impl Player {
         self.connected.store(false, Ordering::Relaxed);
         let connecting = self.driver.connect(info);
         let tx = self.internal_tx.clone();
+        // A failed connection is reported by the driver's disconnect event (after its retries).
+        let _ = tx;
         self.background.spawn(async move {
             if let Err(e) = connecting.await {
-                let _ = tx.send(Internal::VoiceDisconnected { code: None, reason: format!("voice connection failed: {e}") });
+                debug!(error = %e, "voice connection failed");
             }
         });
     }
@@ -260,7 +275,9 @@ impl Player {
         self.emit(PlayerEvent::TrackStart { track_seq: seq }).await;
         let ring = Arc::new(Ring::default());
         ring.lock().position_frames = start_ms * SAMPLE_RATE as u64 / 1000;
-        let decoder = match decoder::spawn(track, start_ms, self.settings.clone(), self.routes.clone(), ring.clone()) {
+        let info = track.info.clone();
+        let seeked = (self.internal_tx.clone(), seq);
+        let decoder = match decoder::spawn(track, start_ms, self.settings.clone(), self.net.clone(), ring.clone(), seeked) {
             Ok(d) => d,
             Err(e) => {
                 let error = TrackException {
@@ -285,8 +302,26 @@ impl Player {
         if paused {
             let _ = handle.pause();
         }
-        self.current = Some(Current { seq, handle, ring, _decoder: decoder });
+        self.current = Some(Current { seq, info, handle, ring, _decoder: decoder });
         self.send_state().await;
+    }
+
+    /// Seeks the current track as Lavaplayer does: a track that cannot seek (a stream) ignores
+    /// it; a seek past the end ends the track (`finished`). The position is reported once the
+    /// decoder has landed (where it landed, or where it still is if the seek failed).
+    async fn seek(&mut self, position_ms: u64) {
+        let Some(c) = &self.current else { return };
+        if c.info.is_stream {
+            debug!("seek on a stream ignored");
+            return;
+        }
+        if position_ms >= c.info.length {
+            let seq = c.seq;
+            self.stop_current(None).await;
+            self.emit(PlayerEvent::TrackEnd { track_seq: seq, reason: EndReason::Finished }).await;
+            return;
+        }
+        c.ring.request_seek(position_ms);
     }
 
     /// Stops the current track; `reason` is reported unless `None`.
@@ -332,14 +367,19 @@ impl Player {
                     self.send_state().await;
                 }
             }
-            Internal::VoiceDisconnected { code, reason } => {
+            Internal::VoiceDisconnected { closed } => {
                 self.connected.store(false, Ordering::Relaxed);
                 self.ping_ms = -1;
-                info!(?code, %reason, "voice disconnected");
-                if let Some(code) = code {
-                    self.emit(PlayerEvent::VoiceClosed { code, reason, by_remote: true }).await;
+                info!(?closed, "voice disconnected");
+                if let Some(VoiceClosed { code, reason, by_remote }) = closed {
+                    self.emit(PlayerEvent::VoiceClosed { code, reason, by_remote }).await;
                 }
                 self.send_state().await;
+            }
+            Internal::Seeked { track_seq } => {
+                if self.current.as_ref().is_some_and(|c| c.seq == track_seq) {
+                    self.send_state().await;
+                }
             }
         }
     }
@@ -356,18 +396,53 @@ impl EventHandler for VoiceEvents {
     async fn act(&self, ctx: &EventContext<'_>) -> Option<Event> {
         let msg = match ctx {
             EventContext::DriverConnect(_) | EventContext::DriverReconnect(_) => Internal::VoiceConnected,
-            EventContext::DriverDisconnect(d) => {
-                use songbird::events::context_data::DisconnectReason;
-                let code = match d.reason {
-                    Some(DisconnectReason::WsClosed(Some(code))) => Some(code as u16),
-                    _ => None,
-                };
-                Internal::VoiceDisconnected { code, reason: format!("{:?}", d.reason) }
-            }
+            EventContext::DriverDisconnect(d) => Internal::VoiceDisconnected { closed: d.reason.and_then(voice_closed) },
             _ => return None,
         };
         let _ = self.tx.send(msg);
         None
+    }
+}
+
+/// What a driver disconnect tells the client. Leaving (ours) and an attempt replaced by a newer
+/// one tell nothing.
+fn voice_closed(reason: songbird::events::context_data::DisconnectReason) -> Option<VoiceClosed> {
+    use songbird::events::context_data::DisconnectReason as Why;
+    let dropped = |reason: &str| Some(VoiceClosed { code: 1006, reason: reason.into(), by_remote: false });
+    match reason {
+        Why::Requested | Why::AttemptDiscarded => None,
+        Why::WsClosed(Some(code)) => {
+            let code = code as u16;
+            Some(VoiceClosed { code, reason: discord_close_reason(code).into(), by_remote: true })
+        }
+        Why::WsClosed(None) => dropped("The voice WebSocket closed abnormally"),
+        Why::TimedOut => dropped("The voice connection timed out"),
+        Why::Io => dropped("The voice server could not be reached"),
+        Why::ProtocolViolation => dropped("The voice server broke the voice protocol"),
+        _ => dropped("The voice connection failed"),
+    }
+}
+
+/// Discord's descriptions of its voice close codes.
+fn discord_close_reason(code: u16) -> &'static str {
+    match code {
+        4001 => "Unknown opcode",
+        4002 => "Failed to decode payload",
+        4003 => "Not authenticated",
+        4004 => "Authentication failed",
+        4005 => "Already authenticated",
+        4006 => "Session no longer valid",
+        4009 => "Session timeout",
+        4011 => "Server not found",
+        4012 => "Unknown protocol",
+        4014 => "Disconnected",
+        4015 => "Voice server crashed",
+        4016 => "Unknown encryption mode",
+        4017 => "E2EE/DAVE protocol required",
+        4020 => "Bad request",
+        4021 => "Disconnected: Rate Limited",
+        4022 => "Disconnected: Call Terminated",
+        _ => "Closed by Discord",
     }
 }
 

@@ -126,8 +126,12 @@ impl Pipe {
             self.counters.sent.fetch_add(1, Ordering::Relaxed);
             self.consecutive_nulled = 0;
             self.stuck_reported = false;
-        } else if primed {
-            self.counters.nulled.fetch_add(1, Ordering::Relaxed);
+        } else {
+            // Silence before the first audio (start, seek) is expected for frameStats, but counts
+            // towards TrackStuck: a source that never yields audio is stuck from its start.
+            if primed {
+                self.counters.nulled.fetch_add(1, Ordering::Relaxed);
+            }
             self.consecutive_nulled += 1;
         }
         if self.consecutive_nulled >= self.stuck_after_frames && !self.stuck_reported {

@@ -6,19 +6,18 @@
 //! failed." (suspicious), unrecognised bytes are "Unknown file format." (common).
 
 pub mod container;
-pub mod http;
 mod playlist;
 pub mod probe;
 mod rewind;
 
 use caldera_protocol::track::STREAM_LENGTH;
 use caldera_protocol::{ExceptionSeverity, LoadRequest, LoadResult, TrackData, TrackException, TrackInfo};
+use crate::net::{Net, Request, Via};
 use container::Container;
-use http::{HttpReader, Outbound};
 use rewind::Rewind;
 use std::io::Read;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use symphonia::core::io::MediaSource;
 
 /// Bytes read to recognise a container (and to find a stream's ICY title).
@@ -53,7 +52,7 @@ impl LoadFailure {
         Self::new(message, ExceptionSeverity::Fault, cause)
     }
 
-    fn connect(url: &str, e: &reqwest::Error) -> Self {
+    pub(crate) fn connect(url: &str, e: &reqwest::Error) -> Self {
         let mut cause = e.to_string();
         let mut source = std::error::Error::source(e);
         while let Some(s) = source {
@@ -79,11 +78,12 @@ enum Loaded {
     Nothing,
 }
 
-/// Loads one identifier. Blocking: run it on a blocking thread. `outbound` is the route planner
-/// http requests leave through, if any.
-pub fn load(request: &LoadRequest, settings: &crate::Settings, outbound: Option<Outbound>) -> LoadResult {
+/// Loads one identifier, within the load timeout (reads stop when it runs out). Blocking: run it
+/// on a blocking thread.
+pub fn load(request: &LoadRequest, settings: &crate::Settings, net: &Net) -> LoadResult {
+    let deadline = Instant::now() + Duration::from_millis(settings.load_timeout_ms);
     let result = match request {
-        LoadRequest::Http { url } => load_http(url, settings, outbound, true),
+        LoadRequest::Http { url } => load_http(url, settings, net, deadline, true),
         LoadRequest::Local { path } => load_local(path, settings),
     };
     match result {
@@ -94,10 +94,10 @@ pub fn load(request: &LoadRequest, settings: &crate::Settings, outbound: Option<
     }
 }
 
-fn load_http(url: &str, settings: &crate::Settings, outbound: Option<Outbound>, allow_playlist: bool) -> Result<Loaded, LoadFailure> {
-    let timeout = Duration::from_millis(settings.load_timeout_ms);
+fn load_http(url: &str, settings: &crate::Settings, net: &Net, deadline: Instant, allow_playlist: bool) -> Result<Loaded, LoadFailure> {
     // Lavaplayer answers a 404 with "no matches".
-    let Some(mut reader) = HttpReader::open(url, settings.max_probe_bytes, timeout, outbound)? else {
+    let request = Request { deadline: Some(deadline), ..Request::new(url, Via::HttpSource) };
+    let Some(mut reader) = net.open(request, settings.max_probe_bytes)? else {
         return Ok(Loaded::Nothing);
     };
     let head = read_head(&mut reader, HEAD_LEN)?;
@@ -109,7 +109,7 @@ fn load_http(url: &str, settings: &crate::Settings, outbound: Option<Outbound>, 
         }
         let mut text = head;
         reader.take((MAX_PLAYLIST_BYTES - text.len().min(MAX_PLAYLIST_BYTES)) as u64).read_to_end(&mut text).map_err(read_failed)?;
-        return load_playlist(url, &meta.final_url, container, &String::from_utf8_lossy(&text), settings, outbound);
+        return load_playlist(url, &meta.final_url, container, &String::from_utf8_lossy(&text), settings, net, deadline);
     }
     let is_stream = meta.is_stream();
     let stream_title = reader.stream_title();
@@ -163,13 +163,14 @@ fn load_local(path: &str, settings: &crate::Settings) -> Result<Loaded, LoadFail
 pub fn open_for_playback(
     track: &TrackData,
     settings: &crate::Settings,
-    outbound: Option<Outbound>,
+    net: &Net,
 ) -> Result<(Box<dyn symphonia::core::formats::FormatReader>, Container), LoadFailure> {
     let location = track.info.uri.clone().unwrap_or_else(|| track.info.identifier.clone());
     let (source, head): (Box<dyn MediaSource>, Vec<u8>) = match track.info.source_name.as_str() {
         "http" => {
-            // Playback reads the whole stream: the time limit is for connecting, not listening.
-            let mut reader = HttpReader::open(&location, u64::MAX, Duration::from_secs(60 * 60 * 24), outbound)?
+            // Playback reads the whole stream: no deadline, only the timeouts of each request.
+            let mut reader = net
+                .open(Request::new(&location, Via::HttpSource), u64::MAX)?
                 .ok_or_else(|| LoadFailure::common("That URL is not playable.", "Status code 404".into()))?;
             let head = read_head(&mut reader, HEAD_LEN)?;
             (Box::new(Rewind::new(reader, head.clone())), head)
@@ -225,7 +226,8 @@ fn load_playlist(
     container: Container,
     text: &str,
     settings: &crate::Settings,
-    outbound: Option<Outbound>,
+    net: &Net,
+    deadline: Instant,
 ) -> Result<Loaded, LoadFailure> {
     let list = match container {
         Container::Pls => playlist::parse_pls(text),
@@ -250,7 +252,7 @@ fn load_playlist(
         entries
             .chunks(4)
             .flat_map(|chunk| {
-                let handles: Vec<_> = chunk.iter().map(|(u, _)| s.spawn(move || load_http(u, settings, outbound, false))).collect();
+                let handles: Vec<_> = chunk.iter().map(|(u, _)| s.spawn(move || load_http(u, settings, net, deadline, false))).collect();
                 handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(LoadFailure::fault("Probing crashed.", String::new()))))
                     .collect::<Vec<_>>()
             })
