@@ -98,6 +98,29 @@ pub struct WorkerSettings {
     pub route_planner: Option<RoutePlanning>,
     /// How outbound source requests are made.
     pub http: HttpSettings,
+    /// How audio is produced.
+    pub audio: AudioSettings,
+}
+
+/// Lavalink's audio keys, as the worker applies them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AudioSettings {
+    /// Decoded audio kept ahead of the audio clock, in milliseconds (`bufferDurationMs`).
+    pub buffer_ms: u32,
+    /// Opus frames of an Opus source kept ahead of the clock, in milliseconds
+    /// (`frameBufferDurationMs`).
+    pub frame_buffer_ms: u32,
+    /// libopus complexity, 0–10 (`opusEncodingQuality`).
+    pub opus_quality: u8,
+    pub resampling: ResamplingQuality,
+}
+
+/// `resamplingQuality`: how sources not at 48 kHz are converted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResamplingQuality {
+    Low,
+    Medium,
+    High,
 }
 
 /// Timeouts and proxy of outbound source requests (Lavalink's `timeouts` and `httpConfig`).

@@ -28,6 +28,8 @@ pub enum IpcError {
     NoHello,
     #[error("the gateway did not send its settings after the hello")]
     NoSettings,
+    #[error("cannot start the decode threads: {0}")]
+    Threads(std::io::Error),
     #[error("the gateway speaks protocol {theirs}/{theirs_build}, we speak {ours}/{ours_build}")]
     Mismatch { ours: u32, theirs: u32, ours_build: &'static str, theirs_build: String },
 }
@@ -113,6 +115,8 @@ where
 
     let routes = Arc::new(Routes::new(out.clone()));
     let net = Net::new(routes.clone(), &settings.read().unwrap_or_else(|e| e.into_inner()).ipc);
+    let pool = crate::player::pool::DecodePool::start(crate::player::pool::DecodePool::default_threads()).map_err(IpcError::Threads)?;
+    let services = crate::player::Services { net: net.clone(), pool };
     let mut loads = tokio::task::JoinSet::new();
     // Players being destroyed: each gets a moment to leave its voice channel.
     let mut leaving = tokio::task::JoinSet::new();
@@ -131,7 +135,7 @@ where
                 match command {
                     PlayerCommand::Create { guild_id, user_id } => {
                         // Re-creating an existing player replaces it (its old handle aborts its task).
-                        players.insert(player, crate::player::spawn(player, guild_id, user_id, current(&settings), net.clone(), out.clone()));
+                        players.insert(player, crate::player::spawn(player, guild_id, user_id, current(&settings), services.clone(), out.clone()));
                     }
                     PlayerCommand::Destroy => {
                         if let Some(mut p) = players.remove(&player) {
@@ -185,6 +189,7 @@ where
     drop(players);
     leaving.shutdown().await;
     drop(out);
+    drop(services);
     drop(net);
     drop(routes);
     // The writer drains what is queued (bounded in time), then stops.

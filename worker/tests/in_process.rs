@@ -3,8 +3,8 @@
 
 use caldera_protocol::channel::{FrameReader, FrameWriter};
 use caldera_protocol::{
-    build, EndReason, GatewayHello, HttpSettings, LoadRequest, LoadResult, PlayerCommand, PlayerEvent, ToGateway, ToWorker,
-    WorkerSettings, MAX_FRAME_LEN,
+    build, AudioSettings, EndReason, GatewayHello, HttpSettings, LoadRequest, LoadResult, PlayerCommand, PlayerEvent, ResamplingQuality,
+    ToGateway, ToWorker, WorkerSettings, MAX_FRAME_LEN,
 };
 use caldera_worker::{sandbox, serve_connection, WorkerConfig};
 use std::path::Path;
@@ -69,6 +69,7 @@ async fn start() -> (Gateway, tokio::task::JoinHandle<Result<(), caldera_worker:
         track_stuck_threshold_ms: 10_000,
         route_planner: None,
         http: HttpSettings { connect_timeout_ms: 3000, response_timeout_ms: 3000, read_timeout_ms: 3000, proxy: None },
+        audio: AudioSettings { buffer_ms: 400, frame_buffer_ms: 5000, opus_quality: 10, resampling: ResamplingQuality::Low },
     }))
     .await;
     (gw, worker)

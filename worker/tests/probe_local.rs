@@ -1,6 +1,6 @@
 //! Probing the committed fixtures through the local source, in-process.
 
-use caldera_protocol::{ExceptionSeverity, HttpSettings, LoadRequest, LoadResult, WorkerSettings};
+use caldera_protocol::{AudioSettings, ExceptionSeverity, HttpSettings, LoadRequest, LoadResult, ResamplingQuality, WorkerSettings};
 use caldera_worker::sources::load;
 use caldera_worker::net::Net;
 use caldera_worker::Settings;
@@ -19,6 +19,7 @@ fn settings(dir: &Path) -> Settings {
         track_stuck_threshold_ms: 10_000,
         route_planner: None,
         http: HttpSettings { connect_timeout_ms: 3000, response_timeout_ms: 3000, read_timeout_ms: 3000, proxy: None },
+        audio: AudioSettings { buffer_ms: 400, frame_buffer_ms: 5000, opus_quality: 10, resampling: ResamplingQuality::Low },
     };
     Settings { ipc, local_dirs: vec![dir.display().to_string()].into() }
 }

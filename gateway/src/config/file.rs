@@ -55,11 +55,12 @@ pub struct LavalinkServerConfig {
     /// Seconds between playerUpdate ops.
     pub player_update_interval: u32,
     pub track_stuck_threshold_ms: u64,
-    // Lavaplayer tuning keys, accepted so existing files load (see `NOT_ACTED_ON`).
-    pub buffer_duration_ms: Option<u64>,
-    pub frame_buffer_duration_ms: Option<u64>,
+    /// Lavalink's audio keys (see [`super::Settings`]).
+    pub buffer_duration_ms: Option<i64>,
+    pub frame_buffer_duration_ms: Option<i64>,
     pub opus_encoding_quality: Option<u8>,
     pub resampling_quality: Option<String>,
+    // Lavaplayer tuning keys, accepted so existing files load (see `NOT_ACTED_ON`).
     pub use_seek_ghosting: Option<bool>,
     pub youtube_playlist_load_limit: Option<u32>,
     pub youtube_search_enabled: Option<bool>,
@@ -361,10 +362,6 @@ pub const NOT_ACTED_ON: &[&str] = &[
     "lavalink.server.sources.twitch",
     "lavalink.server.sources.vimeo",
     "lavalink.server.sources.nico",
-    "lavalink.server.bufferDurationMs",
-    "lavalink.server.frameBufferDurationMs",
-    "lavalink.server.opusEncodingQuality",
-    "lavalink.server.resamplingQuality",
     "lavalink.server.useSeekGhosting",
     "lavalink.server.youtubePlaylistLoadLimit",
     "lavalink.server.youtubeSearchEnabled",

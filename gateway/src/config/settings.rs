@@ -42,6 +42,8 @@ pub struct Settings {
     pub memory_limit: Option<u64>,
     /// Timeouts and proxy of outbound source requests.
     pub http: caldera_protocol::HttpSettings,
+    /// Lavalink's audio keys.
+    pub audio: caldera_protocol::AudioSettings,
 }
 
 /// How worker processes are confined (`caldera.worker.sandbox`).
@@ -211,6 +213,23 @@ impl Settings {
             read_timeout_ms: timeouts.socket_timeout_ms,
             proxy,
         };
+        let opus_quality = server.opus_encoding_quality.unwrap_or(10);
+        if opus_quality > 10 {
+            return Err(invalid("lavalink.server.opusEncodingQuality", format!("must be 0-10, got {opus_quality}")));
+        }
+        let resampling = match server.resampling_quality.as_deref().map(str::to_ascii_uppercase).as_deref() {
+            None | Some("LOW") => caldera_protocol::ResamplingQuality::Low,
+            Some("MEDIUM") => caldera_protocol::ResamplingQuality::Medium,
+            Some("HIGH") => caldera_protocol::ResamplingQuality::High,
+            Some(other) => return Err(invalid("lavalink.server.resamplingQuality", format!("must be LOW, MEDIUM or HIGH, got `{other}`"))),
+        };
+        // Lavalink: bufferDurationMs <= 0 disables its buffer; the minimum that works is 40 ms.
+        let audio = caldera_protocol::AudioSettings {
+            buffer_ms: server.buffer_duration_ms.map_or(400, |ms| ms.clamp(40, 10_000)) as u32,
+            frame_buffer_ms: server.frame_buffer_duration_ms.map_or(5000, |ms| ms.clamp(100, 60_000)) as u32,
+            opus_quality,
+            resampling,
+        };
         Ok(Self {
             listen: SocketAddr::new(config.server.address, config.server.port),
             password: server.password.clone(),
@@ -229,6 +248,7 @@ impl Settings {
             sandbox,
             memory_limit,
             http,
+            audio,
         })
     }
 
@@ -242,6 +262,7 @@ impl Settings {
             track_stuck_threshold_ms: self.track_stuck_threshold.as_millis() as u64,
             route_planner: self.route_planner.as_ref().map(|r| caldera_protocol::RoutePlanning { retry_limit: r.retry_limit }),
             http: self.http.clone(),
+            audio: self.audio,
         }
     }
 }

@@ -82,6 +82,10 @@ struct Stage {
 }
 
 impl Stage {
+    fn is_active(&self) -> bool {
+        self.chain.is_some() || self.old.as_ref().is_some_and(Option::is_some)
+    }
+
     fn set(&mut self, new: Option<Chain>) {
         self.old = Some(std::mem::replace(&mut self.chain, new));
     }
@@ -133,6 +137,12 @@ impl Processor {
             self.timescale_settings = filters.timescale;
             self.timescale = filters.timescale.and_then(|t| timescale::Timescale::new(t.speed, t.pitch, t.rate));
         }
+    }
+
+    /// Whether any filter would change the audio (a crossfade in progress included): when none
+    /// would, a source's Opus frames can go out as they are.
+    pub fn is_active(&self) -> bool {
+        self.before.is_active() || self.after.is_active() || self.timescale.is_some()
     }
 
     /// The timescale stage, when enabled: the caller feeds it through [`Self::before`] and takes

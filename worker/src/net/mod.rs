@@ -13,7 +13,7 @@
 mod dns;
 mod reader;
 
-pub use reader::{HttpReader, ResponseMeta};
+pub use reader::{Gauge, HttpReader, ResponseMeta};
 
 use crate::routes::{Lease, NoLease, Routes};
 use crate::sources::LoadFailure;

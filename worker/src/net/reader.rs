@@ -18,6 +18,27 @@ use tokio::sync::Notify;
 
 /// Bytes fetched ahead of the reader at most.
 const AHEAD: usize = 512 * 1024;
+/// Bytes buffered for a decoder to go on without waiting (a few packets of any format).
+const READY_BYTES: usize = 8 * 1024;
+
+/// How much of a transfer has arrived and not been read: decoders on the shared pool check it
+/// before reading, so a turn never waits on the network.
+#[derive(Debug, Clone, Default)]
+pub struct Gauge(Arc<GaugeState>);
+
+#[derive(Debug, Default)]
+struct GaugeState {
+    buffered: std::sync::atomic::AtomicUsize,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl Gauge {
+    /// Enough is buffered, or the transfer is over (reads will not wait).
+    pub fn ready(&self) -> bool {
+        use std::sync::atomic::Ordering::Acquire;
+        self.0.done.load(Acquire) || self.0.buffered.load(Acquire) >= READY_BYTES
+    }
+}
 /// Times a failed transfer is resumed before the reader gives up.
 const RESUMES: u32 = 3;
 
@@ -83,9 +104,12 @@ impl Drop for Transfer {
 }
 
 impl Transfer {
-    fn start(net: &Net, mut res: reqwest::Response) -> Self {
+    fn start(net: &Net, mut res: reqwest::Response, gauge: Gauge) -> Self {
+        use std::sync::atomic::Ordering::Release;
         let pipe = Arc::new(Pipe::default());
         let feed = pipe.clone();
+        gauge.0.buffered.store(0, Release);
+        gauge.0.done.store(false, Release);
         let task = net.runtime().spawn(async move {
             let end = loop {
                 loop {
@@ -98,6 +122,7 @@ impl Transfer {
                 match res.chunk().await {
                     Ok(Some(chunk)) => {
                         feed.state.lock().unwrap_or_else(|e| e.into_inner()).bytes.extend(chunk.iter());
+                        gauge.0.buffered.fetch_add(chunk.len(), Release);
                         feed.filled.notify_all();
                     }
                     Ok(None) => break Ok(()),
@@ -105,6 +130,7 @@ impl Transfer {
                 }
             };
             feed.state.lock().unwrap_or_else(|e| e.into_inner()).done = Some(end);
+            gauge.0.done.store(true, Release);
             feed.filled.notify_all();
         });
         Self { pipe, task }
@@ -112,7 +138,7 @@ impl Transfer {
 
     /// Reads what has arrived, waiting until `deadline` for something: `Ok(0)` at the end of the
     /// body, `Err` when the transfer failed or the deadline passed.
-    fn read(&self, buf: &mut [u8], deadline: Option<Instant>) -> io::Result<usize> {
+    fn read(&self, buf: &mut [u8], deadline: Option<Instant>, gauge: &Gauge) -> io::Result<usize> {
         let mut st = self.pipe.state.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if !st.bytes.is_empty() {
@@ -121,6 +147,7 @@ impl Transfer {
                     *dst = src;
                 }
                 drop(st);
+                gauge.0.buffered.fetch_sub(n, std::sync::atomic::Ordering::Release);
                 self.pipe.drained.notify_one();
                 return Ok(n);
             }
@@ -165,6 +192,7 @@ pub struct HttpReader {
     /// Audio bytes left before the next ICY metadata block.
     icy_left: usize,
     stream_title: Arc<Mutex<Option<String>>>,
+    gauge: Gauge,
 }
 
 impl HttpReader {
@@ -181,7 +209,8 @@ impl HttpReader {
         }
         let meta = ResponseMeta::of(&res);
         request.url = meta.final_url.clone();
-        let body = Transfer::start(&net, res);
+        let gauge = Gauge::default();
+        let body = Transfer::start(&net, res, gauge.clone());
         Ok(Some(Self {
             net,
             request,
@@ -193,7 +222,13 @@ impl HttpReader {
             budget,
             resumes_left: RESUMES,
             stream_title: Arc::default(),
+            gauge,
         }))
+    }
+
+    /// How much of the body is buffered ahead of this reader.
+    pub fn gauge(&self) -> Gauge {
+        self.gauge.clone()
     }
 
     pub fn meta(&self) -> &ResponseMeta {
@@ -219,7 +254,7 @@ impl HttpReader {
             (Some(_), 416) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "seek past the end of the resource")),
             (_, s) => return Err(io::Error::other(format!("the server answered {s} when reading again"))),
         }
-        self.body = Some(Transfer::start(&self.net, res));
+        self.body = Some(Transfer::start(&self.net, res, self.gauge.clone()));
         self.pos = from.unwrap_or(0);
         if from.is_none() {
             self.icy_left = self.meta.icy_metaint.unwrap_or(0);
@@ -236,7 +271,7 @@ impl HttpReader {
     fn read_body(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             let Some(body) = self.body.as_ref() else { return Ok(0) };
-            match body.read(buf, self.request.deadline) {
+            match body.read(buf, self.request.deadline, &self.gauge) {
                 Ok(n) => {
                     self.charge(n)?;
                     return Ok(n);

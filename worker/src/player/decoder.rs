@@ -1,283 +1,411 @@
-//! A track's decoder thread: source → demux → decode → 48 kHz stereo → ring.
+//! A track's decoder: source → demux → decode → 48 kHz stereo → the track's buffer; or, for an
+//! Opus source, the source's packets as they are. Runs in turns on the worker's decode pool,
+//! each turn filling the buffer up to its capacity (or until input runs short: a turn never
+//! waits on the network).
 //!
 //! Media bytes are hostile: every failure becomes a TrackException, never a panic across the
-//! worker (the thread's result is checked).
+//! worker.
 
-use super::ring::{Ring, CAPACITY_FRAMES, CHANNELS, SAMPLE_RATE};
-use crate::net::Net;
+use super::buffer::{Content, OpusPacket, TrackBuffer, CHANNELS, SAMPLE_RATE};
+use super::pool::Fill;
+use super::Internal;
+use crate::net::Gauge;
 use crate::sources::{self, LoadFailure};
-use caldera_protocol::{ExceptionSeverity, TrackData, TrackException};
-use rubato::{FftFixedIn, Resampler};
-use std::sync::Arc;
+use caldera_protocol::{ResamplingQuality, TrackData, TrackException};
+use rubato::{FastFixedIn, FftFixedIn, PolynomialDegree, Resampler};
+use std::sync::{Arc, Mutex};
 use symphonia::core::audio::SampleBuffer;
 use symphonia::core::codecs::{Decoder, DecoderOptions, CODEC_TYPE_OPUS};
 use symphonia::core::errors::Error as SymError;
 use symphonia::core::formats::{FormatReader, SeekMode, SeekTo};
-use symphonia::core::units::Time;
+use symphonia::core::units::{Time, TimeBase};
+use tokio::sync::mpsc::UnboundedSender;
 
 /// Consecutive undecodable packets tolerated before the track is given up.
 const MAX_BAD_PACKETS: u32 = 50;
 
-/// Where a finished seek is announced: the player's events and the track's number.
-pub type SeekReports = (tokio::sync::mpsc::UnboundedSender<super::Internal>, u64);
-
-pub fn spawn(
-    track: TrackData,
-    start_ms: u64,
-    settings: crate::Settings,
-    net: Net,
-    ring: Arc<Ring>,
-    seeked: SeekReports,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new().name("caldera-decode".into()).spawn(move || {
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&track, start_ms, &settings, &net, &ring, &seeked)));
-        let error = match result {
-            Ok(Ok(())) => None,
-            Ok(Err(f)) => Some(TrackException { message: f.message, severity: f.severity, cause: f.cause }),
-            Err(_) => Some(TrackException {
-                message: "Something broke when playing the track.".into(),
-                severity: ExceptionSeverity::Fault,
-                cause: "the decoder panicked".into(),
-            }),
-        };
-        let mut state = ring.lock();
-        state.ended = true;
-        state.error = error;
-        drop(state);
-        ring.notify();
-    })
+/// A track's decoding, run by the pool.
+pub struct TrackDecoder {
+    buffer: Arc<TrackBuffer>,
+    /// `None` until the source is open, and once it is done.
+    state: Mutex<Option<Decoding>>,
+    /// Where a finished seek is announced: the player's events and the track's number.
+    seeked: (UnboundedSender<Internal>, u64),
 }
 
-fn run(track: &TrackData, start_ms: u64, settings: &crate::Settings, net: &Net, ring: &Ring, seeked: &SeekReports) -> Result<(), LoadFailure> {
-    let (mut format, container) = sources::open_for_playback(track, settings, net)?;
-    let track_info = sources::probe::audio_track(format.as_ref(), container)?;
-    let mut decoder = AudioDecoder::new(&track_info.codec_params)?;
-    let mut out = Output::new();
-    if start_ms > 0 {
-        ring.lock().seek_to_ms = Some(start_ms);
+impl TrackDecoder {
+    pub fn new(buffer: Arc<TrackBuffer>, seeked: (UnboundedSender<Internal>, u64)) -> Self {
+        Self { buffer, state: Mutex::new(None), seeked }
     }
-    let mut bad_packets = 0;
-    loop {
-        if ring.stopped() {
-            return Ok(());
+
+    /// The source is open: decoding can start.
+    pub fn opened(&self, decoding: Decoding, capacity_frames: usize) {
+        {
+            let mut st = self.buffer.lock();
+            st.capacity_frames = capacity_frames;
+            st.content = if decoding.decoder.is_none() { Content::Opus(Default::default()) } else { Content::Pcm(Default::default()) };
         }
-        let seek = ring.lock().seek_to_ms.take();
-        if let Some(ms) = seek {
-            // A seek that fails leaves the track where it is, buffer and position included.
-            if let Some(landed) = seek_to(format.as_mut(), track_info.id, ms) {
-                decoder.reset();
-                out.reset();
-                let mut state = ring.lock();
-                state.samples.clear();
-                state.position_frames = landed * SAMPLE_RATE as u64 / 1000;
-                state.primed = false;
-                drop(state);
-                ring.notify();
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = Some(decoding);
+    }
+}
+
+impl Fill for TrackDecoder {
+    fn fill(&self) {
+        let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(d) = guard.as_mut() else { return };
+        let result = loop {
+            if self.buffer.stopped() {
+                break Ok(false);
             }
-            let _ = seeked.0.send(super::Internal::Seeked { track_seq: seeked.1 });
-        }
-        let packet = match format.next_packet() {
-            Ok(p) => p,
-            Err(SymError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                out.flush(ring);
-                return Ok(());
-            }
-            Err(SymError::ResetRequired) => {
-                decoder = AudioDecoder::new(&track_info.codec_params)?;
+            let seek = self.buffer.lock().seek_to_ms.take();
+            if let Some(ms) = seek {
+                d.seek(ms, &self.buffer);
+                let _ = self.seeked.0.send(Internal::Seeked { track_seq: self.seeked.1 });
                 continue;
+            }
+            let full = {
+                let st = self.buffer.lock();
+                st.content.frames() >= st.capacity_frames
+            };
+            if full || d.exhausted || !d.input_ready() {
+                break Ok(false);
+            }
+            match d.step(&self.buffer) {
+                Ok(false) => {}
+                end => break end,
+            }
+        };
+        match result {
+            Ok(false) => {}
+            // The end of the source: what is buffered plays, then the track ends (unless a seek
+            // comes first, so the decoding is kept).
+            Ok(true) => {
+                d.flush(&self.buffer);
+                d.exhausted = true;
+                self.buffer.end(None);
+            }
+            Err(f) => {
+                self.buffer.end(Some(TrackException { message: f.message, severity: f.severity, cause: f.cause }));
+                *guard = None;
+            }
+        }
+    }
+}
+
+/// An open source being decoded.
+pub struct Decoding {
+    format: Box<dyn FormatReader>,
+    track_id: u32,
+    params: symphonia::core::codecs::CodecParameters,
+    time_base: Option<TimeBase>,
+    /// `None` for an Opus source, whose packets are buffered as they are.
+    decoder: Option<AudioDecoder>,
+    channels: usize,
+    out: Output,
+    gauge: Option<Gauge>,
+    bad_packets: u32,
+    /// After a seek: packets ending before this timestamp are skipped.
+    skip_until: Option<u64>,
+    /// The source has been read to its end.
+    exhausted: bool,
+}
+
+impl Decoding {
+    /// Opens a track's media (blocking: network and probing). Called off the pool.
+    pub fn open(track: &TrackData, settings: &crate::Settings, net: &crate::net::Net) -> Result<Self, LoadFailure> {
+        let media = sources::open_for_playback(track, settings, net)?;
+        let track_info = sources::probe::audio_track(media.format.as_ref(), media.container)?;
+        let params = track_info.codec_params.clone();
+        let channels = params.channels.map(|c| c.count()).unwrap_or(2).max(1);
+        let decoder = if params.codec == CODEC_TYPE_OPUS { None } else { Some(AudioDecoder::new(&params)?) };
+        let time_base = params.time_base.or_else(|| params.sample_rate.map(|r| TimeBase::new(1, r)));
+        Ok(Self {
+            format: media.format,
+            track_id: track_info.id,
+            params,
+            time_base,
+            decoder,
+            channels,
+            out: Output::new(settings.audio.resampling),
+            gauge: media.gauge,
+            bad_packets: 0,
+            skip_until: None,
+            exhausted: false,
+        })
+    }
+
+    /// Whether the source's own Opus frames are buffered (not decoded here).
+    pub fn passes_opus(&self) -> bool {
+        self.decoder.is_none()
+    }
+
+    /// Whether decoding can go on without waiting for the network.
+    fn input_ready(&self) -> bool {
+        self.gauge.as_ref().is_none_or(Gauge::ready)
+    }
+
+    /// One packet into the buffer. `Ok(true)` at the end of the source.
+    fn step(&mut self, buffer: &TrackBuffer) -> Result<bool, LoadFailure> {
+        let packet = match self.format.next_packet() {
+            Ok(p) => p,
+            Err(SymError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(true),
+            Err(SymError::ResetRequired) => {
+                self.decoder = if self.params.codec == CODEC_TYPE_OPUS { None } else { Some(AudioDecoder::new(&self.params)?) };
+                return Ok(false);
             }
             Err(e) => return Err(LoadFailure::suspicious("Something broke when playing the track.", format!("reading: {e}"))),
         };
-        if packet.track_id() != track_info.id {
-            continue;
+        if packet.track_id() != self.track_id {
+            return Ok(false);
         }
-        match decoder.decode(&packet) {
-            Ok(Some((rate, channels, samples))) => {
-                bad_packets = 0;
-                out.push(rate, channels, &samples, ring)?;
+        // After a seek, packets before the target are dropped (the position is where the first
+        // kept one starts).
+        if let Some(until) = self.skip_until {
+            if packet.ts() + packet.dur() <= until {
+                return Ok(false);
             }
-            Ok(None) => {}
-            Err(e) => {
-                bad_packets += 1;
-                if bad_packets > MAX_BAD_PACKETS {
-                    return Err(LoadFailure::suspicious("Something broke when playing the track.", format!("decoding: {e}")));
+            self.skip_until = None;
+            if let Some(tb) = self.time_base {
+                let t = tb.calc_time(packet.ts());
+                buffer.lock().position_frames = t.seconds.saturating_mul(SAMPLE_RATE as u64) + (t.frac * SAMPLE_RATE as f64) as u64;
+            }
+        }
+        match self.decoder.as_mut() {
+            None => {
+                // Hostile bytes: a packet libopus cannot size is dropped, and counts as bad.
+                let Ok(frames) = opus2::packet::get_nb_samples(packet.buf(), SAMPLE_RATE) else {
+                    return self.bad("an Opus packet with an invalid header");
+                };
+                self.bad_packets = 0;
+                let passable = frames == super::buffer::FRAME_SAMPLES && self.channels == 2;
+                let mut st = buffer.lock();
+                if let Content::Opus(queue) = &mut st.content {
+                    queue.push_back(OpusPacket { data: Box::from(packet.buf()), frames: frames as u32, passable });
                 }
+                st.primed = true;
             }
+            Some(decoder) => match decoder.decode(&packet) {
+                Ok(Some((rate, channels, samples))) => {
+                    self.bad_packets = 0;
+                    self.out.push(rate, channels, samples, buffer)?;
+                }
+                Ok(None) => {}
+                Err(e) => return self.bad(&e),
+            },
         }
+        Ok(false)
+    }
+
+    fn bad(&mut self, what: &str) -> Result<bool, LoadFailure> {
+        self.bad_packets += 1;
+        if self.bad_packets > MAX_BAD_PACKETS {
+            return Err(LoadFailure::suspicious("Something broke when playing the track.", format!("decoding: {what}")));
+        }
+        Ok(false)
+    }
+
+    /// Seeks to `ms`: the buffer is emptied, and packets before the target are dropped as they
+    /// come. A source that cannot seek stays where it is (buffer and position included).
+    fn seek(&mut self, ms: u64, buffer: &TrackBuffer) {
+        let time = Time::new(ms / 1000, (ms % 1000) as f64 / 1000.0);
+        match self.format.seek(SeekMode::Accurate, SeekTo::Time { time, track_id: Some(self.track_id) }) {
+            Ok(seeked) => {
+                if let Some(d) = self.decoder.as_mut() {
+                    d.reset();
+                }
+                self.out.reset();
+                self.skip_until = Some(seeked.required_ts);
+                self.exhausted = false;
+                let mut st = buffer.lock();
+                st.ended = false;
+                st.content.clear();
+                st.position_frames = ms * SAMPLE_RATE as u64 / 1000;
+                st.primed = false;
+            }
+            Err(e) => tracing::debug!(error = %e, "seek failed; continuing where we are"),
+        }
+    }
+
+    /// Pushes what the resampler holds at the end of the source.
+    fn flush(&mut self, buffer: &TrackBuffer) {
+        self.out.flush(buffer);
     }
 }
 
-/// Seeks and returns where it landed (ms): accurate seeks land on the requested time once the
-/// decoder has discarded up to it. `None` when the source cannot seek: it stays where it is.
-fn seek_to(format: &mut dyn FormatReader, track_id: u32, ms: u64) -> Option<u64> {
-    let time = Time::new(ms / 1000, (ms % 1000) as f64 / 1000.0);
-    match format.seek(SeekMode::Accurate, SeekTo::Time { time, track_id: Some(track_id) }) {
-        Ok(_) => Some(ms),
-        Err(e) => {
-            tracing::debug!(error = %e, "seek failed; continuing where we are");
-            None
-        }
-    }
-}
-
-/// Symphonia decoders, plus Opus through libopus (symphonia has no Opus decoder).
-enum AudioDecoder {
-    Symphonia(Box<dyn Decoder>, Option<SampleBuffer<f32>>),
-    Opus(opus2::Decoder, usize, Vec<f32>),
+/// Symphonia decoders (Opus sources are buffered as packets, not decoded here).
+struct AudioDecoder {
+    decoder: Box<dyn Decoder>,
+    buf: Option<SampleBuffer<f32>>,
 }
 
 impl AudioDecoder {
     fn new(params: &symphonia::core::codecs::CodecParameters) -> Result<Self, LoadFailure> {
-        if params.codec == CODEC_TYPE_OPUS {
-            let channels = params.channels.map(|c| c.count()).unwrap_or(2).clamp(1, 2);
-            let ch = if channels == 1 { opus2::Channels::Mono } else { opus2::Channels::Stereo };
-            let dec = opus2::Decoder::new(SAMPLE_RATE, ch)
-                .map_err(|e| LoadFailure::fault("Could not create an Opus decoder.", e.to_string()))?;
-            return Ok(Self::Opus(dec, channels, vec![0.0; 5760 * channels]));
-        }
-        let dec = symphonia::default::get_codecs()
+        let decoder = symphonia::default::get_codecs()
             .make(params, &DecoderOptions::default())
             .map_err(|e| LoadFailure::common("The track's audio format is not supported.", e.to_string()))?;
-        Ok(Self::Symphonia(dec, None))
+        Ok(Self { decoder, buf: None })
+    }
+
+    fn reset(&mut self) {
+        self.decoder.reset();
+    }
+
+    /// Decodes one packet into (sample rate, channels, interleaved samples).
+    fn decode(&mut self, packet: &symphonia::core::formats::Packet) -> Result<Option<(u32, usize, &[f32])>, String> {
+        let decoded = self.decoder.decode(packet).map_err(|e| e.to_string())?;
+        let spec = *decoded.spec();
+        let frames = decoded.frames();
+        if frames == 0 {
+            return Ok(None);
+        }
+        if self.buf.as_ref().is_none_or(|b| b.capacity() < frames * spec.channels.count()) {
+            self.buf = Some(SampleBuffer::new(frames as u64, spec));
+        }
+        let b = self.buf.as_mut().expect("just set");
+        b.copy_interleaved_ref(decoded);
+        Ok(Some((spec.rate, spec.channels.count(), b.samples())))
+    }
+}
+
+/// The resamplers of `resamplingQuality`: LOW is linear interpolation, MEDIUM a cubic
+/// polynomial, HIGH an FFT resampler (band-limited).
+enum AnyResampler {
+    Fast(FastFixedIn<f32>),
+    Fft(FftFixedIn<f32>),
+}
+
+impl AnyResampler {
+    const CHUNK: usize = 1024;
+
+    fn new(quality: ResamplingQuality, from: u32) -> Result<Self, String> {
+        let ratio = SAMPLE_RATE as f64 / from as f64;
+        let fast = |degree| FastFixedIn::new(ratio, 1.0, degree, Self::CHUNK, CHANNELS).map(Self::Fast).map_err(|e| e.to_string());
+        match quality {
+            ResamplingQuality::Low => fast(PolynomialDegree::Linear),
+            ResamplingQuality::Medium => fast(PolynomialDegree::Cubic),
+            ResamplingQuality::High => FftFixedIn::new(from as usize, SAMPLE_RATE as usize, Self::CHUNK, 2, CHANNELS).map(Self::Fft).map_err(|e| e.to_string()),
+        }
+    }
+
+    fn input_frames_next(&self) -> usize {
+        match self {
+            Self::Fast(r) => r.input_frames_next(),
+            Self::Fft(r) => r.input_frames_next(),
+        }
+    }
+
+    fn output_frames_max(&self) -> usize {
+        match self {
+            Self::Fast(r) => r.output_frames_max(),
+            Self::Fft(r) => r.output_frames_max(),
+        }
+    }
+
+    fn process_into(&mut self, input: &[&[f32]; 2], output: &mut [Vec<f32>; 2]) -> Result<usize, String> {
+        let done = match self {
+            Self::Fast(r) => r.process_into_buffer(input, output, None),
+            Self::Fft(r) => r.process_into_buffer(input, output, None),
+        };
+        done.map(|(_, written)| written).map_err(|e| e.to_string())
+    }
+
+    fn process_partial_into(&mut self, input: &[&[f32]; 2], output: &mut [Vec<f32>; 2]) -> Result<usize, String> {
+        let done = match self {
+            Self::Fast(r) => r.process_partial_into_buffer(Some(input), output, None),
+            Self::Fft(r) => r.process_partial_into_buffer(Some(input), output, None),
+        };
+        done.map(|(_, written)| written).map_err(|e| e.to_string())
     }
 
     fn reset(&mut self) {
         match self {
-            Self::Symphonia(d, _) => d.reset(),
-            Self::Opus(d, _, _) => {
-                let _ = d.reset_state();
-            }
-        }
-    }
-
-    /// Decodes one packet into (sample rate, channels, interleaved samples).
-    fn decode(&mut self, packet: &symphonia::core::formats::Packet) -> Result<Option<(u32, usize, Vec<f32>)>, String> {
-        match self {
-            Self::Symphonia(dec, buf) => {
-                let decoded = dec.decode(packet).map_err(|e| e.to_string())?;
-                let spec = *decoded.spec();
-                let frames = decoded.frames();
-                if frames == 0 {
-                    return Ok(None);
-                }
-                let needed = frames as u64;
-                if buf.as_ref().is_none_or(|b| b.capacity() < frames * spec.channels.count()) {
-                    *buf = Some(SampleBuffer::new(needed, spec));
-                }
-                let b = buf.as_mut().expect("just set");
-                b.copy_interleaved_ref(decoded);
-                Ok(Some((spec.rate, spec.channels.count(), b.samples().to_vec())))
-            }
-            Self::Opus(dec, channels, scratch) => {
-                let n = dec.decode_float(&packet.data, scratch, false).map_err(|e| e.to_string())?;
-                Ok(Some((SAMPLE_RATE, *channels, scratch[..n * *channels].to_vec())))
-            }
+            Self::Fast(r) => r.reset(),
+            Self::Fft(r) => r.reset(),
         }
     }
 }
 
-/// Converts decoded audio to 48 kHz stereo and pushes it into the ring, waiting for space.
+/// Converts decoded audio to 48 kHz stereo and pushes it into the buffer.
 struct Output {
-    resampler: Option<(u32, FftFixedIn<f32>)>,
+    quality: ResamplingQuality,
+    resampler: Option<(u32, AnyResampler)>,
+    /// Planar input waiting for a full resampler chunk, and the resampler's output scratch.
     pending: [Vec<f32>; 2],
+    scratch: [Vec<f32>; 2],
 }
 
 impl Output {
-    fn new() -> Self {
-        Self { resampler: None, pending: [Vec::new(), Vec::new()] }
+    fn new(quality: ResamplingQuality) -> Self {
+        Self { quality, resampler: None, pending: [Vec::new(), Vec::new()], scratch: [Vec::new(), Vec::new()] }
     }
 
     fn reset(&mut self) {
         if let Some((_, r)) = self.resampler.as_mut() {
             r.reset();
         }
-        self.pending = [Vec::new(), Vec::new()];
+        self.pending.iter_mut().for_each(Vec::clear);
     }
 
-    fn push(&mut self, rate: u32, channels: usize, samples: &[f32], ring: &Ring) -> Result<(), LoadFailure> {
+    fn push(&mut self, rate: u32, channels: usize, samples: &[f32], buffer: &TrackBuffer) -> Result<(), LoadFailure> {
         let channels = channels.max(1);
-        // Up/down-mix to stereo: mono is duplicated, extra channels are dropped.
         let frames = samples.len() / channels;
-        let (left, right): (Vec<f32>, Vec<f32>) = (0..frames)
-            .map(|i| {
-                let l = samples[i * channels];
-                let r = if channels > 1 { samples[i * channels + 1] } else { l };
-                (l, r)
-            })
-            .unzip();
+        // Up/down-mix to stereo: mono is duplicated, extra channels are dropped.
+        let left = |i: usize| samples[i * channels];
+        let right = |i: usize| if channels > 1 { samples[i * channels + 1] } else { samples[i * channels] };
         if rate == SAMPLE_RATE {
-            Self::write(&left, &right, ring);
+            write(buffer, (0..frames).map(|i| (left(i), right(i))));
             return Ok(());
         }
         if self.resampler.as_ref().is_none_or(|(r, _)| *r != rate) {
-            let r = FftFixedIn::<f32>::new(rate as usize, SAMPLE_RATE as usize, 1024, 2, CHANNELS)
-                .map_err(|e| LoadFailure::common("The track's sample rate is not supported.", e.to_string()))?;
+            let r = AnyResampler::new(self.quality, rate).map_err(|e| LoadFailure::common("The track's sample rate is not supported.", e))?;
+            self.scratch = [vec![0.0; r.output_frames_max()], vec![0.0; r.output_frames_max()]];
             self.resampler = Some((rate, r));
-            self.pending = [Vec::new(), Vec::new()];
+            self.pending.iter_mut().for_each(Vec::clear);
         }
-        self.pending[0].extend_from_slice(&left);
-        self.pending[1].extend_from_slice(&right);
+        self.pending[0].extend((0..frames).map(left));
+        self.pending[1].extend((0..frames).map(right));
         let (_, resampler) = self.resampler.as_mut().expect("just set");
+        let mut used = 0;
         loop {
             let need = resampler.input_frames_next();
-            if self.pending[0].len() < need {
+            if self.pending[0].len() - used < need {
                 break;
             }
-            let input = [&self.pending[0][..need], &self.pending[1][..need]];
-            let output = resampler
-                .process(&input, None)
-                .map_err(|e| LoadFailure::fault("Resampling failed.", e.to_string()))?;
-            self.pending[0].drain(..need);
-            self.pending[1].drain(..need);
-            Self::write(&output[0], &output[1], ring);
+            let input = [&self.pending[0][used..used + need], &self.pending[1][used..used + need]];
+            let n = resampler.process_into(&input, &mut self.scratch).map_err(|e| LoadFailure::fault("Resampling failed.", e))?;
+            used += need;
+            write(buffer, self.scratch[0][..n].iter().copied().zip(self.scratch[1][..n].iter().copied()));
         }
+        self.pending.iter_mut().for_each(|p| {
+            p.drain(..used);
+        });
         Ok(())
     }
 
     /// Pushes what is left in the resampler at the end of the track.
-    fn flush(&mut self, ring: &Ring) {
-        if let Some((_, resampler)) = self.resampler.as_mut() {
-            if !self.pending[0].is_empty() {
-                let input = [&self.pending[0][..], &self.pending[1][..]];
-                if let Ok(out) = resampler.process_partial(Some(&input), None) {
-                    let (l, r) = (out[0].clone(), out[1].clone());
-                    self.pending = [Vec::new(), Vec::new()];
-                    Self::write(&l, &r, ring);
-                }
-            }
+    fn flush(&mut self, buffer: &TrackBuffer) {
+        let Some((_, resampler)) = self.resampler.as_mut() else { return };
+        if self.pending[0].is_empty() {
+            return;
         }
-    }
-
-    /// Interleaves into the ring, blocking while it is full (unless stopped or seeking).
-    fn write(left: &[f32], right: &[f32], ring: &Ring) {
-        let mut i = 0;
-        while i < left.len() {
-            let mut state = ring.lock();
-            if ring.stopped() || state.seek_to_ms.is_some() {
-                return;
-            }
-            let free = (CAPACITY_FRAMES * CHANNELS).saturating_sub(state.samples.len()) / CHANNELS;
-            if free == 0 {
-                drop(ring.wait(state));
-                continue;
-            }
-            let n = free.min(left.len() - i);
-            for k in i..i + n {
-                state.samples.push_back(sanitize(left[k]));
-                state.samples.push_back(sanitize(right[k]));
-            }
-            state.primed = true;
-            i += n;
+        let input = [&self.pending[0][..], &self.pending[1][..]];
+        if let Ok(n) = resampler.process_partial_into(&input, &mut self.scratch) {
+            write(buffer, self.scratch[0][..n].iter().copied().zip(self.scratch[1][..n].iter().copied()));
         }
+        self.pending.iter_mut().for_each(Vec::clear);
     }
 }
 
-/// Decoders are fed hostile bytes: never let NaN/inf through.
-fn sanitize(x: f32) -> f32 {
-    if x.is_finite() {
-        x.clamp(-4.0, 4.0)
-    } else {
-        0.0
+/// Appends stereo frames to the buffer as 16-bit samples. Decoders are fed hostile bytes: never
+/// let NaN/inf through.
+fn write(buffer: &TrackBuffer, frames: impl Iterator<Item = (f32, f32)>) {
+    let to_i16 = |x: f32| if x.is_finite() { (x.clamp(-1.0, 1.0) * 32767.0) as i16 } else { 0 };
+    let mut st = buffer.lock();
+    if let Content::Pcm(samples) = &mut st.content {
+        for (l, r) in frames {
+            samples.push_back(to_i16(l));
+            samples.push_back(to_i16(r));
+        }
     }
+    st.primed = true;
 }
-

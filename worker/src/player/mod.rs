@@ -1,22 +1,23 @@
 //! Players: one task per player, owning a songbird driver (its voice connection) and the
-//! current track (decoder thread → ring → pipe → songbird). Commands come from the gateway;
-//! events go back to it.
+//! current track: the decoder (opened off the clock, then run in turns on the worker's decode
+//! pool) fills the track's buffer, and the feed (on songbird's clock) turns it into Opus frames.
+//! Commands come from the gateway; events go back to it.
 
+mod buffer;
 mod decoder;
-mod pipe;
+mod feed;
 mod ping;
-mod ring;
+pub mod pool;
 
 use caldera_protocol::{
     EndReason, ExceptionSeverity, PlayerCommand, PlayerEvent, PlayerState, ToGateway, TrackData, TrackException,
     VoiceServer,
 };
-use crate::net::Net;
-use pipe::{Controls, Counters, Pipe};
-use ring::{Ring, SAMPLE_RATE};
+use buffer::{TrackBuffer, SAMPLE_RATE};
+use decoder::{Decoding, TrackDecoder};
+use feed::{Controls, Counters, Feed, FeedParts};
 use songbird::events::{CoreEvent, Event, EventContext, EventHandler};
 use songbird::id::{ChannelId, GuildId, UserId};
-use songbird::input::RawAdapter;
 use songbird::tracks::TrackHandle;
 use songbird::{Config, ConnectionInfo, Driver};
 use std::num::NonZeroU64;
@@ -29,7 +30,7 @@ use tracing::{debug, info, warn, Instrument};
 /// How often frame counters are reported (lavalink-internals §4.4 counts per minute).
 const FRAMES_REPORT_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Events from a player's own machinery (pipe, decoder, voice driver) to its task.
+/// Events from a player's own machinery (feed, decoder, voice driver) to its task.
 #[derive(Debug)]
 pub enum Internal {
     Ended { track_seq: u64, reason: EndReason, error: Option<TrackException> },
@@ -39,7 +40,7 @@ pub enum Internal {
     /// send (none when we left ourselves).
     VoiceDisconnected { closed: Option<VoiceClosed> },
     Ping(i64),
-    /// The decoder finished a seek of `track_seq` (its position is in the ring).
+    /// The decoder finished a seek of `track_seq` (its position is in the buffer).
     Seeked { track_seq: u64 },
 }
 
@@ -50,6 +51,13 @@ pub struct VoiceClosed {
     pub code: u16,
     pub reason: String,
     pub by_remote: bool,
+}
+
+/// What every player of a worker shares: outbound HTTP and the decode pool.
+#[derive(Clone)]
+pub struct Services {
+    pub net: crate::net::Net,
+    pub pool: pool::DecodePool,
 }
 
 /// The handle the IPC loop keeps for each player.
@@ -71,13 +79,13 @@ pub fn spawn(
     guild_id: u64,
     user_id: u64,
     settings: crate::Settings,
-    net: Net,
+    services: Services,
     out: mpsc::Sender<ToGateway>,
 ) -> PlayerHandle {
     let (commands, rx) = mpsc::unbounded_channel();
     let task = tokio::spawn(
         async move {
-            let mut p = Player::new(player, guild_id, user_id, settings, net, out);
+            let mut p = Player::new(player, guild_id, user_id, settings, services, out);
             p.run(rx).await;
         }
         .instrument(tracing::info_span!("player", player, guild_id)),
@@ -89,8 +97,9 @@ struct Current {
     seq: u64,
     info: caldera_protocol::TrackInfo,
     handle: TrackHandle,
-    ring: Arc<Ring>,
-    _decoder: std::thread::JoinHandle<()>,
+    buffer: Arc<TrackBuffer>,
+    /// The decoder's place in the pool: a seek asks it to run.
+    ticket: pool::Ticket,
 }
 
 struct Player {
@@ -98,7 +107,7 @@ struct Player {
     guild_id: u64,
     user_id: u64,
     settings: crate::Settings,
-    net: Net,
+    services: Services,
     out: mpsc::Sender<ToGateway>,
     driver: Driver,
     voice: Option<VoiceServer>,
@@ -116,7 +125,7 @@ struct Player {
 }
 
 impl Player {
-    fn new(id: u64, guild_id: u64, user_id: u64, settings: crate::Settings, net: Net, out: mpsc::Sender<ToGateway>) -> Self {
+    fn new(id: u64, guild_id: u64, user_id: u64, settings: crate::Settings, services: Services, out: mpsc::Sender<ToGateway>) -> Self {
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
         // One retry, then the client hears of the failure (Lavalink's koe does not retry at all;
         // songbird's default keeps trying for a minute).
@@ -134,7 +143,7 @@ impl Player {
             guild_id,
             user_id,
             settings,
-            net,
+            services,
             out,
             driver,
             voice: None,
@@ -196,7 +205,7 @@ impl Player {
     }
 
     fn position_ms(&self) -> u64 {
-        self.current.as_ref().map(|c| c.ring.lock().position_frames * 1000 / SAMPLE_RATE as u64).unwrap_or(0)
+        self.current.as_ref().map(|c| c.buffer.position_ms()).unwrap_or(0)
     }
 
     async fn send_state(&self) {
@@ -273,36 +282,53 @@ impl Player {
         self.controls.set_end_ms(end_ms);
         self.paused = paused;
         self.emit(PlayerEvent::TrackStart { track_seq: seq }).await;
-        let ring = Arc::new(Ring::default());
-        ring.lock().position_frames = start_ms * SAMPLE_RATE as u64 / 1000;
+        let audio = self.settings.audio;
+        let buffer = Arc::new(TrackBuffer::new(audio.buffer_ms as usize * SAMPLE_RATE as usize / 1000, start_ms));
+        let decoder = Arc::new(TrackDecoder::new(buffer.clone(), (self.internal_tx.clone(), seq)));
+        let ticket = pool::Ticket::new(&self.services.pool, decoder.clone());
+        // Opening (network, probing) happens off the pool; then the pool decodes in turns.
+        let (settings, net, opening, ready) = (self.settings.clone(), self.services.net.clone(), buffer.clone(), ticket.clone());
         let info = track.info.clone();
-        let seeked = (self.internal_tx.clone(), seq);
-        let decoder = match decoder::spawn(track, start_ms, self.settings.clone(), self.net.clone(), ring.clone(), seeked) {
-            Ok(d) => d,
+        self.background.spawn_blocking(move || match Decoding::open(&track, &settings, &net) {
+            Ok(decoding) => {
+                let frames_ms = if decoding.passes_opus() { audio.frame_buffer_ms } else { audio.buffer_ms };
+                decoder.opened(decoding, frames_ms as usize * SAMPLE_RATE as usize / 1000);
+                if start_ms > 0 {
+                    opening.request_seek(start_ms);
+                }
+                ready.request();
+            }
+            Err(f) => opening.end(Some(TrackException { message: f.message, severity: f.severity, cause: f.cause })),
+        });
+        let feed = Feed::new(FeedParts {
+            buffer: buffer.clone(),
+            ticket: ticket.clone(),
+            controls: self.controls.clone(),
+            counters: self.counters.clone(),
+            events: self.internal_tx.clone(),
+            track_seq: seq,
+            stuck_threshold_ms: self.settings.track_stuck_threshold_ms,
+            opus_quality: audio.opus_quality,
+        });
+        let input = match feed::songbird_input(feed) {
+            Ok(input) => input,
             Err(e) => {
+                buffer.stop();
                 let error = TrackException {
                     message: "Something broke when playing the track.".into(),
                     severity: ExceptionSeverity::Fault,
-                    cause: format!("cannot start a decoder thread: {e}"),
+                    cause: format!("cannot create the track's input: {e}"),
                 };
                 self.emit(PlayerEvent::TrackException { track_seq: seq, exception: error }).await;
                 self.emit(PlayerEvent::TrackEnd { track_seq: seq, reason: EndReason::LoadFailed }).await;
                 return;
             }
         };
-        let pipe = Pipe::new(
-            ring.clone(),
-            self.controls.clone(),
-            self.counters.clone(),
-            self.internal_tx.clone(),
-            seq,
-            self.settings.track_stuck_threshold_ms,
-        );
-        let handle = self.driver.play_only_input(RawAdapter::new(pipe, SAMPLE_RATE, 2).into());
+        let handle = self.driver.play_only_input(input);
         if paused {
             let _ = handle.pause();
         }
-        self.current = Some(Current { seq, info, handle, ring, _decoder: decoder });
+        self.current = Some(Current { seq, info, handle, buffer, ticket });
         self.send_state().await;
     }
 
@@ -321,14 +347,15 @@ impl Player {
             self.emit(PlayerEvent::TrackEnd { track_seq: seq, reason: EndReason::Finished }).await;
             return;
         }
-        c.ring.request_seek(position_ms);
+        c.buffer.request_seek(position_ms);
+        c.ticket.request();
     }
 
     /// Stops the current track; `reason` is reported unless `None`.
     async fn stop_current(&mut self, reason: Option<EndReason>) {
         if let Some(c) = self.current.take() {
             let _ = c.handle.stop();
-            c.ring.stop();
+            c.buffer.stop();
             if let Some(reason) = reason {
                 self.emit(PlayerEvent::TrackEnd { track_seq: c.seq, reason }).await;
             }

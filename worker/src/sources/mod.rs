@@ -158,22 +158,27 @@ fn load_local(path: &str, settings: &crate::Settings) -> Result<Loaded, LoadFail
     track(info, container)
 }
 
+/// A track's media opened for playback.
+pub struct Media {
+    pub format: Box<dyn symphonia::core::formats::FormatReader>,
+    pub container: Container,
+    /// How much of a network source is buffered (a local file always is).
+    pub gauge: Option<crate::net::Gauge>,
+}
+
 /// Opens a loaded track's media for playback: the source again (no probe budget), the container
 /// from its first bytes, and a symphonia reader over it.
-pub fn open_for_playback(
-    track: &TrackData,
-    settings: &crate::Settings,
-    net: &Net,
-) -> Result<(Box<dyn symphonia::core::formats::FormatReader>, Container), LoadFailure> {
+pub fn open_for_playback(track: &TrackData, settings: &crate::Settings, net: &Net) -> Result<Media, LoadFailure> {
     let location = track.info.uri.clone().unwrap_or_else(|| track.info.identifier.clone());
-    let (source, head): (Box<dyn MediaSource>, Vec<u8>) = match track.info.source_name.as_str() {
+    let (source, head, gauge): (Box<dyn MediaSource>, Vec<u8>, _) = match track.info.source_name.as_str() {
         "http" => {
             // Playback reads the whole stream: no deadline, only the timeouts of each request.
             let mut reader = net
                 .open(Request::new(&location, Via::HttpSource), u64::MAX)?
                 .ok_or_else(|| LoadFailure::common("That URL is not playable.", "Status code 404".into()))?;
             let head = read_head(&mut reader, HEAD_LEN)?;
-            (Box::new(Rewind::new(reader, head.clone())), head)
+            let gauge = reader.gauge();
+            (Box::new(Rewind::new(reader, head.clone())), head, Some(gauge))
         }
         "local" => {
             let path = allowed_local_path(&location, settings)?
@@ -181,7 +186,7 @@ pub fn open_for_playback(
             let mut file = std::fs::File::open(&path)
                 .map_err(|e| LoadFailure::suspicious("Failed to open file for reading.", e.to_string()))?;
             let head = read_head(&mut file, HEAD_LEN)?;
-            (Box::new(Rewind::new(file, head.clone())), head)
+            (Box::new(Rewind::new(file, head.clone())), head, None)
         }
         other => {
             return Err(LoadFailure::common(
@@ -192,7 +197,7 @@ pub fn open_for_playback(
     };
     let container = container::detect(&head).filter(|c| !c.is_playlist()).ok_or_else(|| unknown_format(&head))?;
     let (format, _) = probe::open_format(source, container)?;
-    Ok((format, container))
+    Ok(Media { format, container, gauge })
 }
 
 /// The resolved path of a local file the settings allow; `None` if it is not a file.
