@@ -4,6 +4,7 @@
 # - python3 + pip, node + npm: the client-compatibility tests use real Lavalink client libraries
 #   (`lavalink` from PyPI, `lavalink-client` from npm, both pinned).
 # - iproute2: the IPv6 route planner test builds a network namespace with `ip netns`.
+# - ffmpeg: tests make longer or odder media than the committed fixtures (Opus, HLS) at test time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +17,7 @@ command -v git >/dev/null 2>&1 || need_apt+=(git)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v ffmpeg >/dev/null 2>&1 || need_apt+=(ffmpeg)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi

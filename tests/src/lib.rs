@@ -5,6 +5,7 @@ pub mod audio;
 pub mod client;
 pub mod http_proxy;
 pub mod http_server;
+pub mod media;
 pub mod procfs;
 pub mod rig;
 pub mod voice;

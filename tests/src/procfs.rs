@@ -54,3 +54,10 @@ pub fn cpu_ticks(pid: u32) -> u64 {
     let f: Vec<u64> = rest.split_whitespace().map(|v| v.parse().unwrap_or(0)).collect();
     f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
 }
+
+/// Proportional set size of a process, in bytes (shared pages divided among their users; 0 if
+/// it is gone).
+pub fn pss_bytes(pid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    text.lines().find_map(|l| l.strip_prefix("Pss:")).and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok()).unwrap_or(0) * 1024
+}

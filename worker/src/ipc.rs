@@ -116,7 +116,7 @@ where
     let routes = Arc::new(Routes::new(out.clone()));
     let net = Net::new(routes.clone(), &settings.read().unwrap_or_else(|e| e.into_inner()).ipc);
     let pool = crate::player::pool::DecodePool::start(crate::player::pool::DecodePool::default_threads()).map_err(IpcError::Threads)?;
-    let services = crate::player::Services { net: net.clone(), pool };
+    let services = crate::player::Services { net: net.clone(), pool, disposer: songbird::driver::DisposalThread::run() };
     let mut loads = tokio::task::JoinSet::new();
     // Players being destroyed: each gets a moment to leave its voice channel.
     let mut leaving = tokio::task::JoinSet::new();

@@ -86,6 +86,9 @@ impl WorkerConfig {
     }
 }
 
+/// Threads for blocking work: loads and track opens beyond this wait their turn.
+const MAX_BLOCKING_THREADS: usize = 16;
+
 /// Runs the worker to completion. Process-wide setup happens here, before the runtime starts any
 /// thread (STYLE §6).
 pub fn run(config: WorkerConfig) -> Result<(), WorkerError> {
@@ -105,6 +108,8 @@ pub fn run_with(config: WorkerConfig, confined: impl FnOnce(&sandbox::Report)) -
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // Blocking work (opening tracks, probing, name lookups) shares a bounded set of threads.
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .enable_all()
         .thread_name(format!("caldera-worker-{}", config.worker_id))
         .build()

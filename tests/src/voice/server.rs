@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use super::analysis::{zero_pcm, Frame, SILENCE_FRAME};
+use super::analysis::{FRAME_SAMPLES, zero_pcm, Frame, SILENCE_FRAME};
 use super::connection::{Connection, Control, Identify, Inner, WsLink};
 use super::rtp::{self, Cipher, MODE_AES256_GCM, MODE_XCHACHA20};
 use super::tls;
@@ -56,6 +56,8 @@ pub(crate) struct Shared {
     next_ssrc: AtomicU32,
     next_link: AtomicU64,
     audio_cap_frames: AtomicUsize,
+    /// Whether received Opus is decoded (benchmarks at scale turn it off: arrival is enough).
+    decode: std::sync::atomic::AtomicBool,
     tcp_accepted: AtomicUsize,
     tls_failures: AtomicUsize,
     ws_failures: AtomicUsize,
@@ -109,6 +111,7 @@ impl VoiceServer {
             next_ssrc: AtomicU32::new(0x0000_1001),
             next_link: AtomicU64::new(1),
             audio_cap_frames: AtomicUsize::new(frames_for(DEFAULT_AUDIO_CAP)),
+            decode: std::sync::atomic::AtomicBool::new(true),
             tcp_accepted: AtomicUsize::new(0),
             tls_failures: AtomicUsize::new(0),
             ws_failures: AtomicUsize::new(0),
@@ -161,6 +164,13 @@ impl VoiceServer {
     }
 
     /// Caps the audio stored per connection (applies from the next packet on).
+    /// Turns decoding of received Opus off (on by default): frames then keep their arrival,
+    /// sequence and payload, with silent PCM. For benchmarks, where the double's decoding would
+    /// compete with the node for the same cores.
+    pub fn set_decoding(&self, on: bool) {
+        self.shared.decode.store(on, Ordering::Relaxed);
+    }
+
     pub fn set_audio_cap(&self, cap: Duration) {
         self.shared.audio_cap_frames.store(frames_for(cap), Ordering::Relaxed);
     }
@@ -621,7 +631,14 @@ async fn decode_loop(conn: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Datagram>
             });
             continue;
         };
-        let decoded = if opus.is_empty() { None } else { decoder.decode(&opus, &mut pcm, false).ok() };
+        let decoded = if opus.is_empty() {
+            None
+        } else if shared.decode.load(Ordering::Relaxed) {
+            decoder.decode(&opus, &mut pcm, false).ok()
+        } else {
+            pcm[..FRAME_SAMPLES * 2].fill(0);
+            Some(FRAME_SAMPLES)
+        };
         let frame = decoded.map(|n| {
             let samples = &pcm[..n * 2];
             let pcm =

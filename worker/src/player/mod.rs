@@ -53,11 +53,13 @@ pub struct VoiceClosed {
     pub by_remote: bool,
 }
 
-/// What every player of a worker shares: outbound HTTP and the decode pool.
+/// What every player of a worker shares: outbound HTTP, the decode pool, and songbird's thread
+/// that drops finished tracks (songbird starts one per driver unless given one).
 #[derive(Clone)]
 pub struct Services {
     pub net: crate::net::Net,
     pub pool: pool::DecodePool,
+    pub disposer: songbird::driver::DisposalThread,
 }
 
 /// The handle the IPC loop keeps for each player.
@@ -133,7 +135,8 @@ impl Player {
             strategy: songbird::driver::retry::Strategy::Every(Duration::from_secs(1).into()),
             retry_limit: std::num::NonZeroU8::new(1),
         };
-        let mut driver = Driver::new(Config::default().driver_timeout(Some(Duration::from_secs(5))).driver_retry(retry));
+        let config = Config::default().driver_timeout(Some(Duration::from_secs(5))).driver_retry(retry).disposer(services.disposer.clone());
+        let mut driver = Driver::new(config);
         let forward = VoiceEvents { tx: internal_tx.clone() };
         for ev in [CoreEvent::DriverConnect, CoreEvent::DriverReconnect, CoreEvent::DriverDisconnect] {
             driver.add_global_event(Event::Core(ev), forward.clone());
