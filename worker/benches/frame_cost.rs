@@ -68,20 +68,30 @@ fn main() {
     }
     let resample_ns = t.elapsed().as_nanos() as f64 / (out_frames as f64 / FRAME as f64);
 
-    // Encode.
-    let mut enc = opus2::Encoder::new(48_000, opus2::Channels::Stereo, opus2::Application::Audio).expect("encoder");
-    enc.set_bitrate(opus2::Bitrate::Bits(128_000)).expect("bitrate");
-    let mut packet = vec![0u8; 4000];
+    // Encode, as the worker does (CELT only, 128 kbit/s), at three complexities, and with the
+    // general "audio" application for comparison.
     let frames: Vec<&[f32]> = out48.chunks_exact(FRAME * 2).collect();
-    let t = Instant::now();
-    let mut encoded = 0usize;
-    for _ in 0..rounds {
-        for f in &frames {
-            enc.encode_float(f, &mut packet).expect("encode");
-            encoded += 1;
+    let encode = |application, complexity| {
+        let mut enc = opus2::Encoder::new(48_000, opus2::Channels::Stereo, application).expect("encoder");
+        enc.set_bitrate(opus2::Bitrate::Bits(128_000)).expect("bitrate");
+        enc.set_complexity(complexity).expect("complexity");
+        let mut packet = vec![0u8; 4000];
+        let t = Instant::now();
+        let mut encoded = 0usize;
+        for _ in 0..rounds {
+            for f in &frames {
+                enc.encode_float(f, &mut packet).expect("encode");
+                encoded += 1;
+            }
+        }
+        t.elapsed().as_nanos() as f64 / encoded as f64
+    };
+    let encode_ns = encode(opus2::Application::Audio, 10);
+    for (name, app) in [("audio", opus2::Application::Audio), ("celt only", opus2::Application::LowDelay)] {
+        for c in [0, 5, 10] {
+            println!("  opus encode, {name}, complexity {c:>2}: {:>6.1} us", encode(app, c) / 1000.0);
         }
     }
-    let encode_ns = t.elapsed().as_nanos() as f64 / encoded as f64;
 
     let total = decode_ns + resample_ns + encode_ns;
     println!("per 20 ms frame (one player, one core):");

@@ -100,6 +100,7 @@ pub fn run(config: WorkerConfig) -> Result<(), WorkerError> {
 /// spawned, what the sandbox must refuse.
 pub fn run_with(config: WorkerConfig, confined: impl FnOnce(&sandbox::Report)) -> Result<(), WorkerError> {
     process::die_with_parent(config.gateway_pid)?;
+    process::limit_malloc_arenas();
     let report = sandbox::apply(config.sandbox, &sandbox::readable_paths(&config.local_dirs))?;
     confined(&report);
     match config.sandbox {

@@ -15,6 +15,17 @@ pub fn die_with_parent(gateway_pid: i32) -> Result<(), WorkerError> {
     Ok(())
 }
 
+/// glibc gives every thread that allocates an arena of its own (up to 8 per core), and memory
+/// freed in one arena is not reused by the others: with decode, mixer and runtime threads all
+/// allocating per-player buffers, that fragments a worker's heap. Two arenas keep it compact.
+pub fn limit_malloc_arenas() {
+    // SAFETY: mallopt only changes an allocator setting; it is called before any other thread
+    // exists and takes no pointers.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 /// Reads RSS, CPU time and thread count from `/proc/self`.
 pub fn resources() -> ResourceReport {
     let mut report = ResourceReport::default();

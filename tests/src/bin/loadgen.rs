@@ -4,6 +4,7 @@
 //!   cargo build --release --workspace --bins
 //!   target/release/loadgen --players 50 [--seconds 30] [--warmup 20] [--workers 2]
 //!                          [--source FILE] [--filters '{"volume": 0.8}'] [--no-decode]
+//!                          [--caldera 'worker: {sandbox: off}'] [--server 'bufferDurationMs: 200']
 //!
 //! Without `--source`, every player plays a 44.1 kHz stereo WAV tone (decoded, resampled,
 //! encoded). Figures, over a steady window after a warm-up: node CPU (gateway + workers, from
@@ -53,7 +54,11 @@ fn main() {
     let node = Node::start_with(NodeOptions {
         workers,
         env: vec![("SSL_CERT_FILE".into(), voice.ca_file().display().to_string())],
-        yaml: format!("caldera:\n  workers: {workers}\n  playersPerWorker: 1000\n"),
+        yaml: format!(
+            "lavalink:\n  server:\n    {}\ncaldera:\n  workers: {workers}\n  playersPerWorker: 1000\n  {}\n",
+            arg("--server").unwrap_or_default(),
+            arg("--caldera").unwrap_or_default()
+        ),
         ..Default::default()
     });
     let session = Session::connect(&node);

@@ -59,6 +59,11 @@ impl Audio {
         Audio { frames }
     }
 
+    /// Audio made of these frames (a part of another, say).
+    pub fn new_from(frames: Vec<Frame>) -> Audio {
+        Audio { frames }
+    }
+
     /// The packets themselves.
     pub fn frames(&self) -> &[Frame] {
         &self.frames
@@ -182,6 +187,36 @@ impl Audio {
             .flat_map(|f| f.pcm.chunks_exact(2).map(|c| (f64::from(c[0]) + f64::from(c[1])) / 2.0))
             .collect();
         dominant_frequency(&mono, f64::from(SAMPLE_RATE))
+    }
+
+    /// Signal-to-noise ratio of a pure tone at `freq` (dB): over 100 ms windows of the left
+    /// channel, the best-fitting sinusoid at `freq` is the signal and everything else the noise.
+    pub fn snr_db(&self, freq: f64) -> f64 {
+        let left: Vec<f64> = self.frames.iter().flat_map(|f| f.pcm.chunks_exact(2).map(|c| f64::from(c[0]))).collect();
+        let (mut signal, mut noise) = (0.0f64, 0.0f64);
+        let w = 2.0 * std::f64::consts::PI * freq / f64::from(SAMPLE_RATE);
+        for chunk in left.chunks_exact(4800) {
+            // Least squares for a·sin + b·cos (the basis is near-orthogonal over whole periods).
+            let (mut ss, mut cc, mut sc, mut ys, mut yc) = (0.0, 0.0, 0.0, 0.0, 0.0);
+            for (i, y) in chunk.iter().enumerate() {
+                let (s, c) = (w * i as f64).sin_cos();
+                ss += s * s;
+                cc += c * c;
+                sc += s * c;
+                ys += y * s;
+                yc += y * c;
+            }
+            let det = ss * cc - sc * sc;
+            let a = (ys * cc - yc * sc) / det;
+            let b = (yc * ss - ys * sc) / det;
+            for (i, y) in chunk.iter().enumerate() {
+                let (s, c) = (w * i as f64).sin_cos();
+                let fit = a * s + b * c;
+                signal += fit * fit;
+                noise += (y - fit) * (y - fit);
+            }
+        }
+        10.0 * (signal / noise.max(f64::MIN_POSITIVE)).log10()
     }
 }
 

@@ -1,10 +1,8 @@
-//! Name resolution for the worker's clients: one lookup per host for a short while, shared by
-//! the route planner's reachability check and the connection, and filtered to the family of the
-//! client's local address (a socket bound to an IPv6 address cannot reach an IPv4 one).
+//! Name resolution for outbound requests: one lookup per host for a short while, shared by the
+//! route planner's reachability check and the connection.
 
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,30 +43,5 @@ impl Cache {
             Ok(addrs) => addrs.iter().any(|a| a.is_ipv4() == v4),
             Err(_) => true,
         }
-    }
-}
-
-/// A client's resolver: the shared cache, filtered to its local address's family.
-pub struct Resolver {
-    cache: Arc<Cache>,
-    local: Option<IpAddr>,
-}
-
-impl Resolver {
-    pub fn new(cache: Arc<Cache>, local: Option<IpAddr>) -> Self {
-        Self { cache, local }
-    }
-}
-
-impl Resolve for Resolver {
-    fn resolve(&self, name: Name) -> Resolving {
-        let cache = self.cache.clone();
-        let family = self.local.map(|l| l.is_ipv4());
-        Box::pin(async move {
-            let addrs = cache.lookup(name.as_str()).await?;
-            let chosen: Vec<SocketAddr> =
-                addrs.iter().filter(|a| family.is_none_or(|v4| a.is_ipv4() == v4)).map(|ip| SocketAddr::new(*ip, 0)).collect();
-            Ok(Box::new(chosen.into_iter()) as Addrs)
-        })
     }
 }

@@ -1,6 +1,5 @@
-//! Outbound HTTP for every source: one async client per local address, shared by the worker's
-//! players and loads (no thread per request), with Lavalink's timeouts and proxy, and the
-//! gateway's route planner.
+//! Outbound HTTP for every source, on the worker's runtime (no thread per request), with
+//! Lavalink's timeouts and proxy, and the gateway's route planner.
 //!
 //! - With a route planner, each request leaves from the address the planner hands out; a 429, or
 //!   an address the host cannot bind, is reported to the planner and the request is retried from
@@ -11,22 +10,20 @@
 //!   the worker's runtime; dropping it cancels the transfer and closes its socket.
 
 mod dns;
+mod http;
 mod reader;
 
+pub use http::Response;
 pub use reader::{Gauge, HttpReader, ResponseMeta};
 
 use crate::routes::{Lease, NoLease, Routes};
 use crate::sources::LoadFailure;
 use caldera_protocol::{HttpSettings, RoutePlanning, WorkerSettings};
-use std::collections::VecDeque;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-const USER_AGENT: &str = concat!("Caldera/", env!("CARGO_PKG_VERSION"));
 const MAX_REDIRECTS: usize = 5;
-/// Clients kept (one per local address, proxy or not); the least recently used goes first.
-const MAX_CLIENTS: usize = 32;
 /// The longest a request keeps retrying on new addresses when it has no deadline of its own.
 const MAX_RETRY_TIME: Duration = Duration::from_secs(60);
 
@@ -41,8 +38,10 @@ pub enum Via {
 #[derive(Debug, Clone)]
 pub struct Request {
     pub url: String,
-    /// Start the body at this byte (a `Range` request).
+    /// Start the body at this byte (a `Range` request)...
     pub from: Option<u64>,
+    /// ...and end it at this one (inclusive).
+    pub to: Option<u64>,
     pub via: Via,
     /// Ask ICY (SHOUTcast/Icecast) servers to interleave metadata.
     pub icy: bool,
@@ -52,11 +51,11 @@ pub struct Request {
 
 impl Request {
     pub fn new(url: &str, via: Via) -> Self {
-        Self { url: url.to_string(), from: None, via, icy: false, deadline: None }
+        Self { url: url.to_string(), from: None, to: None, via, icy: false, deadline: None }
     }
 }
 
-/// How a client reaches the outside: from which local address, and whether through the proxy.
+/// How a request reaches the outside: from which local address, and whether through the proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Egress {
     local: Option<IpAddr>,
@@ -67,8 +66,8 @@ struct Inner {
     runtime: tokio::runtime::Handle,
     routes: Arc<Routes>,
     http: RwLock<(HttpSettings, Option<RoutePlanning>)>,
-    clients: Mutex<VecDeque<(Egress, reqwest::Client)>>,
-    dns: Arc<dns::Cache>,
+    dns: dns::Cache,
+    tls: Result<Arc<rustls::ClientConfig>, String>,
 }
 
 /// The worker's outbound HTTP. Cheap to clone.
@@ -85,8 +84,8 @@ impl Net {
                 runtime: tokio::runtime::Handle::current(),
                 routes,
                 http: RwLock::new((settings.http.clone(), settings.route_planner)),
-                clients: Mutex::default(),
-                dns: Arc::default(),
+                dns: dns::Cache::default(),
+                tls: http::tls_config(),
             }),
         }
     }
@@ -98,10 +97,9 @@ impl Net {
         Self::new(Arc::new(Routes::new(out)), settings)
     }
 
-    /// New settings from the gateway: clients are rebuilt with them.
+    /// New settings from the gateway.
     pub fn configure(&self, settings: &WorkerSettings) {
         *self.inner.http.write().unwrap_or_else(|e| e.into_inner()) = (settings.http.clone(), settings.route_planner);
-        self.inner.clients.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     fn settings(&self) -> (HttpSettings, Option<RoutePlanning>) {
@@ -112,50 +110,16 @@ impl Net {
         &self.inner.runtime
     }
 
-    /// The client for an egress, built once.
-    fn client(&self, egress: Egress) -> Result<reqwest::Client, LoadFailure> {
-        let mut clients = self.inner.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = clients.iter().position(|(e, _)| *e == egress) {
-            let entry = clients.remove(i).expect("present");
-            let client = entry.1.clone();
-            clients.push_back(entry);
-            return Ok(client);
-        }
-        let (http, _) = self.settings();
-        let mut builder = reqwest::Client::builder()
-            .user_agent(USER_AGENT)
-            .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
-            .connect_timeout(Duration::from_millis(http.connect_timeout_ms))
-            .read_timeout(Duration::from_millis(http.read_timeout_ms))
-            .local_address(egress.local)
-            .dns_resolver(Arc::new(dns::Resolver::new(self.inner.dns.clone(), egress.local)));
-        builder = match (&http.proxy, egress.proxied) {
-            (Some(p), true) => {
-                let mut proxy = reqwest::Proxy::all(&p.url).map_err(|e| LoadFailure::fault("The HTTP proxy is not usable.", e.to_string()))?;
-                if let Some(user) = &p.user {
-                    proxy = proxy.basic_auth(user, p.password.as_deref().unwrap_or(""));
-                }
-                builder.proxy(proxy)
-            }
-            _ => builder.no_proxy(),
-        };
-        let client = builder.build().map_err(|e| LoadFailure::fault("Could not create an HTTP client.", e.to_string()))?;
-        if clients.len() >= MAX_CLIENTS {
-            clients.pop_front();
-        }
-        clients.push_back((egress, client.clone()));
-        Ok(client)
-    }
-
-    /// Sends `req` and returns the response head with the egress it went out through.
-    pub async fn send(&self, req: &Request) -> Result<(reqwest::Response, Egress), LoadFailure> {
+    /// Sends `req` and returns the response head (redirects followed), its final URL and the
+    /// egress it went out through.
+    pub async fn send(&self, req: &Request) -> Result<(Response, String, Egress), LoadFailure> {
         let (http, planning) = self.settings();
         let proxied = req.via == Via::HttpSource && http.proxy.is_some();
         let planning = planning.filter(|_| !proxied);
         let deadline = req.deadline.unwrap_or_else(|| Instant::now() + MAX_RETRY_TIME);
         let Some(planning) = planning else {
             let egress = Egress { local: None, proxied };
-            return self.attempt(req, egress, &http).await.map(|r| (r, egress)).map_err(|(f, _)| f);
+            return self.attempt(req, egress, &http).await.map(|(r, url)| (r, url, egress)).map_err(|(f, _)| f);
         };
         let host = url::Url::parse(&req.url).ok().and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_string()));
         let mut failed = 0u32;
@@ -173,16 +137,16 @@ impl Net {
             if !reachable {
                 tracing::warn!(url = %req.url, local = %lease.address, "the host has no address of the route planner's family; fetching it unbalanced");
                 let egress = Egress { local: None, proxied: false };
-                return self.attempt(req, egress, &http).await.map(|r| (r, egress)).map_err(|(f, _)| f);
+                return self.attempt(req, egress, &http).await.map(|(r, url)| (r, url, egress)).map_err(|(f, _)| f);
             }
             let egress = Egress { local: Some(lease.address), proxied: false };
             let sent = self.attempt(req, egress, &http).await;
             let rejected = match &sent {
-                Ok(res) => res.status() == reqwest::StatusCode::TOO_MANY_REQUESTS,
+                Ok((res, _)) => res.status == 429,
                 Err((_, bind)) => *bind,
             };
             if !rejected {
-                return sent.map(|r| (r, egress)).map_err(|(f, _)| f);
+                return sent.map(|(r, url)| (r, url, egress)).map_err(|(f, _)| f);
             }
             self.inner.routes.failed(lease).await;
             failed += 1;
@@ -193,34 +157,41 @@ impl Net {
     }
 
     /// Sends `req` from a known egress (a request resumed or re-sent), without a new lease.
-    pub(crate) async fn send_via(&self, req: &Request, egress: Egress) -> Result<reqwest::Response, LoadFailure> {
+    pub(crate) async fn send_via(&self, req: &Request, egress: Egress) -> Result<Response, LoadFailure> {
         let (http, _) = self.settings();
-        self.attempt(req, egress, &http).await.map_err(|(f, _)| f)
+        self.attempt(req, egress, &http).await.map(|(r, _)| r).map_err(|(f, _)| f)
     }
 
-    /// One attempt from one egress, bounded by the response timeout and the deadline. A failure
-    /// says whether the local address could not be bound.
-    async fn attempt(&self, req: &Request, egress: Egress, http: &HttpSettings) -> Result<reqwest::Response, (LoadFailure, bool)> {
-        let client = self.client(egress).map_err(|f| (f, false))?;
-        let mut builder = client.get(&req.url);
-        if req.icy {
-            builder = builder.header("Icy-MetaData", "1");
-        }
-        if let Some(from) = req.from {
-            builder = builder.header("Range", format!("bytes={from}-"));
-        }
+    /// One attempt from one egress, redirects followed, bounded by the response timeout and the
+    /// deadline. A failure says whether the local address could not be bound.
+    async fn attempt(&self, req: &Request, egress: Egress, http: &HttpSettings) -> Result<(Response, String), (LoadFailure, bool)> {
+        let tls = self.inner.tls.clone().map_err(|e| (LoadFailure::fault("TLS is not available.", e), false))?;
+        let failed = |cause: String| (LoadFailure::suspicious("Connecting to the URL failed.", format!("{}: {cause}", req.url)), false);
+        let mut url = url::Url::parse(&req.url).map_err(|e| (LoadFailure::common("Not a valid URL.", format!("{}: {e}", req.url)), false))?;
         let mut limit = Duration::from_millis(http.connect_timeout_ms + http.response_timeout_ms);
         if let Some(deadline) = req.deadline {
             limit = limit.min(deadline.saturating_duration_since(Instant::now()));
         }
-        match tokio::time::timeout(limit, builder.send()).await {
-            Ok(Ok(res)) => Ok(res),
-            Ok(Err(e)) => Err((LoadFailure::connect(&req.url, &e), is_bind_error(&e))),
-            Err(_) => {
-                let cause = format!("{}: no response within {} ms", req.url, limit.as_millis());
-                Err((LoadFailure::suspicious("Connecting to the URL failed.", cause), false))
+        for _ in 0..=MAX_REDIRECTS {
+            let route = http::Route {
+                local: egress.local,
+                proxy: http.proxy.as_ref().filter(|_| egress.proxied),
+                connect_timeout: Duration::from_millis(http.connect_timeout_ms),
+            };
+            let ask = http::Ask { from: req.from, to: req.to, icy: req.icy, url: &url };
+            let res = match tokio::time::timeout(limit, http::get(ask, route, &self.inner.dns, &tls)).await {
+                Ok(Ok(res)) => res,
+                Ok(Err(http::Failure::Bind(e))) => return Err((LoadFailure::suspicious("Connecting to the URL failed.", format!("{}: {e}", req.url)), true)),
+                Ok(Err(http::Failure::Connect(e))) => return Err(failed(e)),
+                Err(_) => return Err(failed(format!("no response within {} ms", limit.as_millis()))),
+            };
+            let location = res.headers.get(::http::header::LOCATION).and_then(|v| v.to_str().ok()).and_then(|l| url.join(l).ok());
+            match (res.status, location) {
+                (301 | 302 | 303 | 307 | 308, Some(next)) => url = next,
+                _ => return Ok((res, url.to_string())),
             }
         }
+        Err((LoadFailure::common("Too many redirects.", format!("{}: more than {MAX_REDIRECTS} redirects", req.url)), false))
     }
 
     /// Opens `req` for reading from a blocking thread: `Ok(None)` for a 404 (Lavaplayer's "no
@@ -228,20 +199,41 @@ impl Net {
     pub fn open(&self, req: Request, budget: u64) -> Result<Option<HttpReader>, LoadFailure> {
         HttpReader::open(self.clone(), req, budget)
     }
-}
 
-/// The connection failed because the local address cannot be used on this host.
-fn is_bind_error(e: &reqwest::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::AddrNotAvailable || io.raw_os_error() == Some(libc::EADDRNOTAVAIL) {
-                return true;
+    /// Fetches a whole resource of at most `limit` bytes (a playlist, a key, a segment): its
+    /// body and final URL. Any status but 2xx is a failure naming it.
+    pub async fn fetch(&self, req: &Request, limit: usize) -> Result<(Vec<u8>, String), LoadFailure> {
+        use http_body_util::BodyExt;
+        let (mut res, final_url, _) = self.send(req).await?;
+        if !(200..300).contains(&res.status) {
+            return Err(LoadFailure::common("That URL is not playable.", format!("{}: status code {}", req.url, res.status)));
+        }
+        let declared = res.headers.get(::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        let too_large = || LoadFailure::suspicious("The resource is too large.", format!("{}: more than {limit} bytes", req.url));
+        if declared.is_some_and(|n| n > limit) {
+            return Err(too_large());
+        }
+        let mut body = Vec::with_capacity(declared.unwrap_or(0));
+        let read_timeout = self.read_timeout();
+        loop {
+            let frame = match tokio::time::timeout(read_timeout, res.body.frame()).await {
+                Ok(Some(Ok(frame))) => frame,
+                Ok(None) => return Ok((body, final_url)),
+                Ok(Some(Err(e))) => return Err(LoadFailure::suspicious("Reading the resource failed.", format!("{}: {}", req.url, http::describe(&e)))),
+                Err(_) => return Err(LoadFailure::suspicious("Reading the resource failed.", format!("{}: no data for {} ms", req.url, read_timeout.as_millis()))),
+            };
+            if let Ok(chunk) = frame.into_data() {
+                if body.len() + chunk.len() > limit {
+                    return Err(too_large());
+                }
+                body.extend_from_slice(&chunk);
             }
         }
-        source = s.source();
     }
-    false
+
+    pub(crate) fn read_timeout(&self) -> Duration {
+        Duration::from_millis(self.settings().0.read_timeout_ms)
+    }
 }
 
 fn retry_aborted(url: &str, failed: u32, lease: Lease) -> LoadFailure {

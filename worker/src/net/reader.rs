@@ -8,7 +8,8 @@
 //! metadata interleaved in the body is stripped, and the latest `StreamTitle` kept. Every byte
 //! counts against a budget, so a hostile server cannot make a probe read forever.
 
-use super::{Egress, Net, Request};
+use super::{Egress, Net, Request, Response};
+use http_body_util::BodyExt;
 use crate::sources::LoadFailure;
 use std::collections::VecDeque;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -16,29 +17,62 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 use tokio::sync::Notify;
 
-/// Bytes fetched ahead of the reader at most.
-const AHEAD: usize = 512 * 1024;
+/// Bytes fetched ahead of the reader (a few seconds of a compressed track): more fetched ahead is
+/// memory every player holds.
+const AHEAD: usize = 32 * 1024;
 /// Bytes buffered for a decoder to go on without waiting (a few packets of any format).
 const READY_BYTES: usize = 8 * 1024;
 
-/// How much of a transfer has arrived and not been read: decoders on the shared pool check it
-/// before reading, so a turn never waits on the network.
-#[derive(Debug, Clone, Default)]
+/// How much input is buffered and not yet read: decoders on the shared pool check it before
+/// reading, so a turn never waits on the network. Counts bytes for a transfer, segments for HLS.
+#[derive(Debug, Clone)]
 pub struct Gauge(Arc<GaugeState>);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct GaugeState {
     buffered: std::sync::atomic::AtomicUsize,
     done: std::sync::atomic::AtomicBool,
+    /// How much is enough to go on without waiting.
+    ready_at: usize,
+}
+
+impl Default for Gauge {
+    fn default() -> Self {
+        Self::new(READY_BYTES)
+    }
 }
 
 impl Gauge {
-    /// Enough is buffered, or the transfer is over (reads will not wait).
+    pub fn new(ready_at: usize) -> Self {
+        Self(Arc::new(GaugeState { buffered: Default::default(), done: Default::default(), ready_at }))
+    }
+
+    /// Enough is buffered, or the input is over (reads will not wait).
     pub fn ready(&self) -> bool {
         use std::sync::atomic::Ordering::Acquire;
-        self.0.done.load(Acquire) || self.0.buffered.load(Acquire) >= READY_BYTES
+        self.0.done.load(Acquire) || self.0.buffered.load(Acquire) >= self.0.ready_at
+    }
+
+    pub fn add(&self, n: usize) {
+        self.0.buffered.fetch_add(n, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn sub(&self, n: usize) {
+        let _ = self.0.buffered.fetch_update(std::sync::atomic::Ordering::Release, std::sync::atomic::Ordering::Acquire, |b| Some(b.saturating_sub(n)));
+    }
+
+    /// The input is over (or failed): reads return at once.
+    pub fn finish(&self) {
+        self.0.done.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Empty again, input to come (a new transfer, a seek).
+    pub fn reset(&self) {
+        self.0.buffered.store(0, std::sync::atomic::Ordering::Release);
+        self.0.done.store(false, std::sync::atomic::Ordering::Release);
     }
 }
+
 /// Times a failed transfer is resumed before the reader gives up.
 const RESUMES: u32 = 3;
 
@@ -61,10 +95,10 @@ impl ResponseMeta {
         self.length.is_none() || self.icy_metaint.is_some() || self.icy_name.is_some()
     }
 
-    fn of(res: &reqwest::Response) -> Self {
-        let header = |name: &str| res.headers().get(name).and_then(|v| v.to_str().ok()).map(|s| s.trim().to_string());
+    fn of(res: &Response, final_url: String) -> Self {
+        let header = |name: &str| res.headers.get(name).and_then(|v| v.to_str().ok()).map(|s| s.trim().to_string());
         ResponseMeta {
-            final_url: res.url().to_string(),
+            final_url,
             content_type: header("content-type"),
             length: header("content-length").and_then(|v| v.parse().ok()),
             accepts_ranges: header("accept-ranges").is_some_and(|v| v.eq_ignore_ascii_case("bytes")),
@@ -82,7 +116,6 @@ struct PipeState {
 }
 
 /// The buffer between the transfer task and the reader.
-#[derive(Default)]
 struct Pipe {
     state: Mutex<PipeState>,
     /// Bytes arrived or the transfer ended (the reader waits on it).
@@ -104,12 +137,14 @@ impl Drop for Transfer {
 }
 
 impl Transfer {
-    fn start(net: &Net, mut res: reqwest::Response, gauge: Gauge) -> Self {
-        use std::sync::atomic::Ordering::Release;
-        let pipe = Arc::new(Pipe::default());
+    fn start(net: &Net, mut res: Response, gauge: Gauge) -> Self {
+        // Room for what is fetched ahead plus one chunk (hyper's read buffer bounds a chunk), so
+        // the buffer never grows by doubling.
+        let state = PipeState { bytes: VecDeque::with_capacity(AHEAD + super::http::READ_BUFFER), done: None };
+        let pipe = Arc::new(Pipe { state: Mutex::new(state), filled: Condvar::new(), drained: Notify::new() });
+        let read_timeout = net.read_timeout();
         let feed = pipe.clone();
-        gauge.0.buffered.store(0, Release);
-        gauge.0.done.store(false, Release);
+        gauge.reset();
         let task = net.runtime().spawn(async move {
             let end = loop {
                 loop {
@@ -119,18 +154,21 @@ impl Transfer {
                     }
                     drained.await;
                 }
-                match res.chunk().await {
-                    Ok(Some(chunk)) => {
+                // `socketTimeoutMs`: the longest wait for more of the body.
+                match tokio::time::timeout(read_timeout, res.body.frame()).await {
+                    Ok(Some(Ok(frame))) => {
+                        let Ok(chunk) = frame.into_data() else { continue };
                         feed.state.lock().unwrap_or_else(|e| e.into_inner()).bytes.extend(chunk.iter());
-                        gauge.0.buffered.fetch_add(chunk.len(), Release);
+                        gauge.add(chunk.len());
                         feed.filled.notify_all();
                     }
                     Ok(None) => break Ok(()),
-                    Err(e) => break Err(describe(&e)),
+                    Ok(Some(Err(e))) => break Err(super::http::describe(&e)),
+                    Err(_) => break Err(format!("no data for {} ms", read_timeout.as_millis())),
                 }
             };
             feed.state.lock().unwrap_or_else(|e| e.into_inner()).done = Some(end);
-            gauge.0.done.store(true, Release);
+            gauge.finish();
             feed.filled.notify_all();
         });
         Self { pipe, task }
@@ -147,7 +185,7 @@ impl Transfer {
                     *dst = src;
                 }
                 drop(st);
-                gauge.0.buffered.fetch_sub(n, std::sync::atomic::Ordering::Release);
+                gauge.sub(n);
                 self.pipe.drained.notify_one();
                 return Ok(n);
             }
@@ -165,18 +203,6 @@ impl Transfer {
             };
         }
     }
-}
-
-/// The error and its causes in one line.
-fn describe(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 pub struct HttpReader {
@@ -199,15 +225,14 @@ impl HttpReader {
     /// Sends the first request; see [`Net::open`].
     pub(super) fn open(net: Net, mut request: Request, budget: u64) -> Result<Option<Self>, LoadFailure> {
         request.icy = true;
-        let (res, egress) = net.runtime().block_on(net.send(&request))?;
-        let status = res.status();
-        if status == reqwest::StatusCode::NOT_FOUND {
+        let (res, final_url, egress) = net.runtime().block_on(net.send(&request))?;
+        if res.status == 404 {
             return Ok(None);
         }
-        if !status.is_success() {
-            return Err(LoadFailure::common("That URL is not playable.", format!("Status code {}", status.as_u16())));
+        if !(200..300).contains(&res.status) {
+            return Err(LoadFailure::common("That URL is not playable.", format!("Status code {}", res.status)));
         }
-        let meta = ResponseMeta::of(&res);
+        let meta = ResponseMeta::of(&res, final_url);
         request.url = meta.final_url.clone();
         let gauge = Gauge::default();
         let body = Transfer::start(&net, res, gauge.clone());
@@ -249,7 +274,7 @@ impl HttpReader {
         let net = self.net.clone();
         let egress = self.egress;
         let res = net.runtime().block_on(async { net.send_via(&req, egress).await }).map_err(|f| io::Error::other(format!("{}: {}", f.message, f.cause)))?;
-        match (from, res.status().as_u16()) {
+        match (from, res.status) {
             (Some(_), 206) | (None, 200..=299) => {}
             (Some(_), 416) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "seek past the end of the resource")),
             (_, s) => return Err(io::Error::other(format!("the server answered {s} when reading again"))),

@@ -14,7 +14,8 @@ use crate::sources::{self, LoadFailure};
 use caldera_protocol::{ResamplingQuality, TrackData, TrackException};
 use rubato::{FastFixedIn, FftFixedIn, PolynomialDegree, Resampler};
 use std::sync::{Arc, Mutex};
-use symphonia::core::audio::SampleBuffer;
+use std::borrow::Cow;
+use symphonia::core::audio::{AudioBuffer, AudioBufferRef, Signal};
 use symphonia::core::codecs::{Decoder, DecoderOptions, CODEC_TYPE_OPUS};
 use symphonia::core::errors::Error as SymError;
 use symphonia::core::formats::{FormatReader, SeekMode, SeekTo};
@@ -149,10 +150,23 @@ impl Decoding {
         let packet = match self.format.next_packet() {
             Ok(p) => p,
             Err(SymError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(true),
+            // Input not there yet (an HLS segment still on its way): the turn ends on the gauge.
+            Err(SymError::IoError(e)) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
             Err(SymError::ResetRequired) => {
-                self.decoder = if self.params.codec == CODEC_TYPE_OPUS { None } else { Some(AudioDecoder::new(&self.params)?) };
+                // The stream changed its encoding (a chained stream, an HLS discontinuity).
+                if let Some(t) = self.format.tracks().iter().find(|t| t.id == self.track_id) {
+                    self.params = t.codec_params.clone();
+                    self.channels = self.params.channels.map(|c| c.count()).unwrap_or(2).max(1);
+                }
+                let opus = self.params.codec == CODEC_TYPE_OPUS;
+                if opus != self.decoder.is_none() {
+                    return Err(LoadFailure::common("The track changed its audio format mid-way.", "between Opus and another codec".into()));
+                }
+                self.decoder = if opus { None } else { Some(AudioDecoder::new(&self.params)?) };
                 return Ok(false);
             }
+            // A source that says why (an HLS segment that cannot be fetched, say).
+            Err(SymError::IoError(e)) if LoadFailure::of_io(&e).is_some() => return Err(LoadFailure::of_io(&e).cloned().expect("checked")),
             Err(e) => return Err(LoadFailure::suspicious("Something broke when playing the track.", format!("reading: {e}"))),
         };
         if packet.track_id() != self.track_id {
@@ -185,9 +199,9 @@ impl Decoding {
                 st.primed = true;
             }
             Some(decoder) => match decoder.decode(&packet) {
-                Ok(Some((rate, channels, samples))) => {
+                Ok(Some((rate, left, right))) => {
                     self.bad_packets = 0;
-                    self.out.push(rate, channels, samples, buffer)?;
+                    self.out.push(rate, left, right, buffer)?;
                 }
                 Ok(None) => {}
                 Err(e) => return self.bad(&e),
@@ -235,7 +249,8 @@ impl Decoding {
 /// Symphonia decoders (Opus sources are buffered as packets, not decoded here).
 struct AudioDecoder {
     decoder: Box<dyn Decoder>,
-    buf: Option<SampleBuffer<f32>>,
+    /// Decoded audio of a sample type other than f32, converted.
+    converted: Option<AudioBuffer<f32>>,
 }
 
 impl AudioDecoder {
@@ -243,27 +258,36 @@ impl AudioDecoder {
         let decoder = symphonia::default::get_codecs()
             .make(params, &DecoderOptions::default())
             .map_err(|e| LoadFailure::common("The track's audio format is not supported.", e.to_string()))?;
-        Ok(Self { decoder, buf: None })
+        Ok(Self { decoder, converted: None })
     }
 
     fn reset(&mut self) {
         self.decoder.reset();
     }
 
-    /// Decodes one packet into (sample rate, channels, interleaved samples).
-    fn decode(&mut self, packet: &symphonia::core::formats::Packet) -> Result<Option<(u32, usize, &[f32])>, String> {
+    /// Decodes one packet into (sample rate, left, right): planar, as decoders make it (a mono
+    /// source is its own right channel; channels past two are dropped).
+    fn decode(&mut self, packet: &symphonia::core::formats::Packet) -> Result<Option<(u32, &[f32], &[f32])>, String> {
         let decoded = self.decoder.decode(packet).map_err(|e| e.to_string())?;
         let spec = *decoded.spec();
         let frames = decoded.frames();
-        if frames == 0 {
+        if frames == 0 || spec.channels.count() == 0 {
             return Ok(None);
         }
-        if self.buf.as_ref().is_none_or(|b| b.capacity() < frames * spec.channels.count()) {
-            self.buf = Some(SampleBuffer::new(frames as u64, spec));
-        }
-        let b = self.buf.as_mut().expect("just set");
-        b.copy_interleaved_ref(decoded);
-        Ok(Some((spec.rate, spec.channels.count(), b.samples())))
+        let planes: &AudioBuffer<f32> = match decoded {
+            AudioBufferRef::F32(Cow::Borrowed(b)) => b,
+            other => {
+                if self.converted.as_ref().is_none_or(|c| c.capacity() < frames || *c.spec() != spec) {
+                    self.converted = Some(AudioBuffer::new(frames as u64, spec));
+                }
+                let c = self.converted.as_mut().expect("just set");
+                other.convert(c);
+                c
+            }
+        };
+        let left = planes.chan(0);
+        let right = if spec.channels.count() > 1 { planes.chan(1) } else { left };
+        Ok(Some((spec.rate, left, right)))
     }
 }
 
@@ -332,11 +356,13 @@ struct Output {
     /// Planar input waiting for a full resampler chunk, and the resampler's output scratch.
     pending: [Vec<f32>; 2],
     scratch: [Vec<f32>; 2],
+    /// 16-bit stereo ready for the buffer.
+    interleaved: Vec<i16>,
 }
 
 impl Output {
     fn new(quality: ResamplingQuality) -> Self {
-        Self { quality, resampler: None, pending: [Vec::new(), Vec::new()], scratch: [Vec::new(), Vec::new()] }
+        Self { quality, resampler: None, pending: [Vec::new(), Vec::new()], scratch: [Vec::new(), Vec::new()], interleaved: Vec::new() }
     }
 
     fn reset(&mut self) {
@@ -346,14 +372,10 @@ impl Output {
         self.pending.iter_mut().for_each(Vec::clear);
     }
 
-    fn push(&mut self, rate: u32, channels: usize, samples: &[f32], buffer: &TrackBuffer) -> Result<(), LoadFailure> {
-        let channels = channels.max(1);
-        let frames = samples.len() / channels;
-        // Up/down-mix to stereo: mono is duplicated, extra channels are dropped.
-        let left = |i: usize| samples[i * channels];
-        let right = |i: usize| if channels > 1 { samples[i * channels + 1] } else { samples[i * channels] };
+    fn push(&mut self, rate: u32, left: &[f32], right: &[f32], buffer: &TrackBuffer) -> Result<(), LoadFailure> {
         if rate == SAMPLE_RATE {
-            write(buffer, (0..frames).map(|i| (left(i), right(i))));
+            interleave(&mut self.interleaved, left, right);
+            write(buffer, &self.interleaved);
             return Ok(());
         }
         if self.resampler.as_ref().is_none_or(|(r, _)| *r != rate) {
@@ -362,8 +384,8 @@ impl Output {
             self.resampler = Some((rate, r));
             self.pending.iter_mut().for_each(Vec::clear);
         }
-        self.pending[0].extend((0..frames).map(left));
-        self.pending[1].extend((0..frames).map(right));
+        self.pending[0].extend_from_slice(left);
+        self.pending[1].extend_from_slice(right);
         let (_, resampler) = self.resampler.as_mut().expect("just set");
         let mut used = 0;
         loop {
@@ -374,7 +396,8 @@ impl Output {
             let input = [&self.pending[0][used..used + need], &self.pending[1][used..used + need]];
             let n = resampler.process_into(&input, &mut self.scratch).map_err(|e| LoadFailure::fault("Resampling failed.", e))?;
             used += need;
-            write(buffer, self.scratch[0][..n].iter().copied().zip(self.scratch[1][..n].iter().copied()));
+            interleave(&mut self.interleaved, &self.scratch[0][..n], &self.scratch[1][..n]);
+            write(buffer, &self.interleaved);
         }
         self.pending.iter_mut().for_each(|p| {
             p.drain(..used);
@@ -390,22 +413,40 @@ impl Output {
         }
         let input = [&self.pending[0][..], &self.pending[1][..]];
         if let Ok(n) = resampler.process_partial_into(&input, &mut self.scratch) {
-            write(buffer, self.scratch[0][..n].iter().copied().zip(self.scratch[1][..n].iter().copied()));
+            interleave(&mut self.interleaved, &self.scratch[0][..n], &self.scratch[1][..n]);
+            write(buffer, &self.interleaved);
         }
         self.pending.iter_mut().for_each(Vec::clear);
     }
 }
 
-/// Appends stereo frames to the buffer as 16-bit samples. Decoders are fed hostile bytes: never
-/// let NaN/inf through.
-fn write(buffer: &TrackBuffer, frames: impl Iterator<Item = (f32, f32)>) {
-    let to_i16 = |x: f32| if x.is_finite() { (x.clamp(-1.0, 1.0) * 32767.0) as i16 } else { 0 };
+/// Two planes into interleaved 16-bit stereo. Decoders are fed hostile bytes: NaN becomes 0 and
+/// infinities clip (Rust's float-to-int casts saturate).
+fn interleave(out: &mut Vec<i16>, left: &[f32], right: &[f32]) {
+    let n = left.len().min(right.len());
+    out.clear();
+    out.resize(n * 2, 0);
+    for (o, (l, r)) in out.chunks_exact_mut(2).zip(left.iter().zip(right)) {
+        o[0] = (l.clamp(-1.0, 1.0) * 32767.0) as i16;
+        o[1] = (r.clamp(-1.0, 1.0) * 32767.0) as i16;
+    }
+}
+
+/// Appends interleaved 16-bit stereo to the buffer.
+fn write(buffer: &TrackBuffer, interleaved: &[i16]) {
     let mut st = buffer.lock();
     if let Content::Pcm(samples) = &mut st.content {
-        for (l, r) in frames {
-            samples.push_back(to_i16(l));
-            samples.push_back(to_i16(r));
-        }
+        samples.extend(interleaved);
     }
     st.primed = true;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hostile_samples_are_clipped_or_silenced() {
+        let mut out = Vec::new();
+        super::interleave(&mut out, &[0.5, f32::NAN, f32::INFINITY, -2.0], &[-0.5, 1.0, f32::NEG_INFINITY, 0.0]);
+        assert_eq!(out, [16383, -16383, 0, 32767, 32767, -32767, -32767, 0]);
+    }
 }

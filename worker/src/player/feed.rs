@@ -158,7 +158,7 @@ impl Feed {
             decoded: VecDeque::new(),
             samples: vec![0.0; FRAME_SAMPLES * CHANNELS],
             input: Vec::with_capacity(FRAME_SAMPLES * CHANNELS),
-            scratch: vec![0.0; 5760 * CHANNELS],
+            scratch: Vec::new(),
             out: vec![0; MAX_FRAME_BYTES],
             out_len: 0,
         };
@@ -249,7 +249,12 @@ impl State {
         match &mut st.content {
             Content::Pcm(samples) => {
                 let n = want.min(samples.len());
-                self.input.extend(samples.drain(..n).map(|s| s as f32 / 32768.0));
+                let (a, b) = samples.as_slices();
+                let from_a = n.min(a.len());
+                let to_f32 = |s: &i16| f32::from(*s) / 32768.0;
+                self.input.extend(a[..from_a].iter().map(to_f32));
+                self.input.extend(b[..n - from_a].iter().map(to_f32));
+                samples.drain(..n);
             }
             Content::Opus(queue) => {
                 // Decode frames until enough is here (the first after passthrough primes it).
@@ -262,6 +267,8 @@ impl State {
                             Err(e) => return Err(Tick::End { reason: EndReason::LoadFailed, error: Some(fault(format!("cannot create an Opus decoder: {e}"))) }),
                         },
                     };
+                    // Room for the longest Opus frame (120 ms), made only when Opus is decoded here.
+                    self.scratch.resize(5760 * CHANNELS, 0.0);
                     if let Some(previous) = self.last_passed.take() {
                         let _ = decoder.decode_float(&previous, &mut self.scratch, false);
                     }
@@ -271,7 +278,11 @@ impl State {
                     }
                 }
                 let n = want.min(self.decoded.len());
-                self.input.extend(self.decoded.drain(..n));
+                let (a, b) = self.decoded.as_slices();
+                let from_a = n.min(a.len());
+                self.input.extend_from_slice(&a[..from_a]);
+                self.input.extend_from_slice(&b[..n - from_a]);
+                self.decoded.drain(..n);
             }
         }
         let frames = self.input.len() / CHANNELS;
@@ -392,6 +403,8 @@ impl State {
     }
 }
 
+/// The encoder of frames Caldera makes, set as lavaplayer's: the general audio application (CELT
+/// only measured no faster, see `benches/frame_cost.rs`), 128 kbit/s, complexity = opusEncodingQuality.
 fn new_encoder(quality: u8) -> Result<opus2::Encoder, opus2::Error> {
     let mut e = opus2::Encoder::new(SAMPLE_RATE, opus2::Channels::Stereo, opus2::Application::Audio)?;
     e.set_bitrate(opus2::Bitrate::Bits(BITRATE))?;
@@ -437,8 +450,7 @@ impl FormatReader for Feed {
 
 /// The input songbird plays: the feed, as a parsed Opus "file".
 pub fn songbird_input(feed: Feed) -> Result<songbird::input::Input, String> {
-    use symphonia::core::codecs::Decoder;
-    let decoder = songbird::input::codecs::OpusDecoder::try_new(feed.codec_params(), &Default::default()).map_err(|e| e.to_string())?;
+    let decoder = Undecoded { params: feed.codec_params().clone(), silence: symphonia::core::audio::AudioBuffer::unused() };
     let parsed = songbird::input::Parsed { format: Box::new(feed), decoder: Box::new(decoder), track_id: 0, meta: no_metadata()?, supports_backseek: false };
     Ok(songbird::input::Input::Live(songbird::input::LiveInput::Parsed(parsed), None))
 }
@@ -465,6 +477,42 @@ fn no_metadata() -> Result<symphonia::core::probe::ProbedMetadata, String> {
         .format(&Default::default(), source, &Default::default(), &Default::default())
         .map(|probed| probed.metadata)
         .map_err(|e| e.to_string())
+}
+
+/// The decoder songbird asks for with a parsed input. Every frame the feed hands it is a 20 ms
+/// Opus frame that songbird sends as it is, so it never decodes; this stands in for libopus
+/// (which would cost a decoder's state per player) and decodes nothing, should it be asked.
+struct Undecoded {
+    params: CodecParameters,
+    silence: symphonia::core::audio::AudioBuffer<f32>,
+}
+
+impl symphonia::core::codecs::Decoder for Undecoded {
+    fn try_new(params: &CodecParameters, _: &symphonia::core::codecs::DecoderOptions) -> symphonia::core::errors::Result<Self> {
+        Ok(Self { params: params.clone(), silence: symphonia::core::audio::AudioBuffer::unused() })
+    }
+
+    fn supported_codecs() -> &'static [symphonia::core::codecs::CodecDescriptor] {
+        &[]
+    }
+
+    fn reset(&mut self) {}
+
+    fn codec_params(&self) -> &CodecParameters {
+        &self.params
+    }
+
+    fn decode(&mut self, _: &Packet) -> symphonia::core::errors::Result<symphonia::core::audio::AudioBufferRef<'_>> {
+        Err(SymError::Unsupported("the feed's frames are sent as they are"))
+    }
+
+    fn finalize(&mut self) -> symphonia::core::codecs::FinalizeResult {
+        Default::default()
+    }
+
+    fn last_decoded(&self) -> symphonia::core::audio::AudioBufferRef<'_> {
+        symphonia::core::audio::AsAudioBufferRef::as_audio_buffer_ref(&self.silence)
+    }
 }
 
 impl Drop for Feed {

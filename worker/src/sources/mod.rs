@@ -52,24 +52,28 @@ impl LoadFailure {
         Self::new(message, ExceptionSeverity::Fault, cause)
     }
 
-    pub(crate) fn connect(url: &str, e: &reqwest::Error) -> Self {
-        let mut cause = e.to_string();
-        let mut source = std::error::Error::source(e);
-        while let Some(s) = source {
-            cause.push_str(": ");
-            cause.push_str(&s.to_string());
-            source = s.source();
-        }
-        if e.is_redirect() {
-            return Self::common("Too many redirects.", format!("{url}: {cause}"));
-        }
-        Self::suspicious("Connecting to the URL failed.", format!("{url}: {cause}"))
+    /// The failure carried through an I/O error (a reader's), to be found again by [`Self::of_io`].
+    pub fn into_io(self) -> std::io::Error {
+        std::io::Error::other(self)
+    }
+
+    /// The failure an I/O error carries, if it carries one.
+    pub fn of_io(e: &std::io::Error) -> Option<&LoadFailure> {
+        e.get_ref()?.downcast_ref()
     }
 
     fn into_exception(self) -> TrackException {
         TrackException { message: self.message, severity: self.severity, cause: self.cause }
     }
 }
+
+impl std::fmt::Display for LoadFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.cause)
+    }
+}
+
+impl std::error::Error for LoadFailure {}
 
 /// What loading can end in besides a result: "nothing here" is not an error (`empty`).
 enum Loaded {

@@ -1,10 +1,14 @@
-//! Replays the bytes already read for detection, so probing does not fetch them twice.
+//! Replays the bytes already read for detection, so probing does not fetch them twice. Once the
+//! reader is well past them they are let go (a player streams for minutes; a seek back reads
+//! them from the source again).
 
 use std::io::{self, Read, Seek, SeekFrom};
 
 pub struct Rewind<R> {
     inner: R,
     head: Vec<u8>,
+    /// How long the head was (it is kept until the reader is at twice that).
+    head_len: u64,
     pos: u64,
     /// Where `inner` is positioned.
     inner_pos: u64,
@@ -14,7 +18,7 @@ impl<R: Read + Seek> Rewind<R> {
     /// `head` must be the first bytes of `inner`, which is positioned right after them.
     pub fn new(inner: R, head: Vec<u8>) -> Self {
         let inner_pos = head.len() as u64;
-        Self { inner, head, pos: 0, inner_pos }
+        Self { inner, head_len: inner_pos, head, pos: 0, inner_pos }
     }
 }
 
@@ -32,6 +36,9 @@ impl<R: Read + Seek> Read for Rewind<R> {
         let n = self.inner.read(buf)?;
         self.pos += n as u64;
         self.inner_pos = self.pos;
+        if self.pos >= 2 * self.head_len && !self.head.is_empty() {
+            self.head = Vec::new();
+        }
         Ok(n)
     }
 }
@@ -85,5 +92,10 @@ mod tests {
         assert_eq!(r.seek(SeekFrom::End(-1)).unwrap(), 255);
         r.read_exact(&mut b[..1]).unwrap();
         assert_eq!(b[0], 255);
+        // Far past the head it is let go; a seek back reads from the source.
+        assert!(r.head.is_empty());
+        r.seek(SeekFrom::Start(2)).unwrap();
+        r.read_exact(&mut b[..3]).unwrap();
+        assert_eq!(b[..3], [2, 3, 4]);
     }
 }
