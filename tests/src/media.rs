@@ -57,3 +57,38 @@ pub fn packets(bytes: &[u8], extension: &str) -> Vec<Vec<u8>> {
     }
     out
 }
+
+/// A path in the media directory (for files a test writes for ffmpeg, e.g. key info).
+pub fn path(name: &str) -> PathBuf {
+    dir().join(name)
+}
+
+/// An HLS rendition made by ffmpeg's HLS muxer: `name` is the playlist's file name and the
+/// prefix of its segments; `args` go between the input and the output (codec, `-hls_*`
+/// options). Returns the playlist's text and every file it refers to (segments, init section,
+/// key), by the name the playlist uses.
+pub fn hls(name: &str, input: &[&str], args: &[&str]) -> (String, Vec<(String, Vec<u8>)>) {
+    let segments = format!("{{dir}}/{name}_%03d.{}", if args.contains(&"fmp4") { "m4s" } else { "ts" });
+    let init = format!("{name}_init.mp4");
+    let mut all: Vec<&str> = input.to_vec();
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["-f", "hls", "-hls_segment_filename", &segments, "-hls_fmp4_init_filename", &init, "{out}"]);
+    let playlist = ffmpeg(name, &all);
+    let text = std::fs::read_to_string(&playlist).expect("playlist");
+    let mut files = Vec::new();
+    for line in text.lines() {
+        let refs: Vec<&str> = if line.starts_with('#') {
+            line.split("URI=\"").skip(1).filter_map(|r| r.split('"').next()).collect()
+        } else if line.trim().is_empty() {
+            vec![]
+        } else {
+            vec![line.trim()]
+        };
+        for r in refs {
+            if !files.iter().any(|(n, _): &(String, Vec<u8>)| n == r) {
+                files.push((r.to_string(), std::fs::read(dir().join(r)).unwrap_or_else(|e| panic!("{r}: {e}"))));
+            }
+        }
+    }
+    (text, files)
+}

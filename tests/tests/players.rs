@@ -132,12 +132,13 @@ fn malformed_and_oversized_requests() {
     assert_eq!(res.status(), 413);
     let (status, _) = rig.session.patch(2301, json!({"volume": 80}));
     assert_eq!(status, 200);
-    // A playlist identifier cannot be played directly.
+    // A radio playlist's identifier plays its first entry, as Lavaplayer loads it.
     rig.media.route("/one.wav", caldera_tests::http_server::Route::file(sine_wav(440.0, 1.0, 48_000, 2, 0.5), "audio/wav"));
-    let m3u = format!("#EXTM3U\n{}\n{}\n", rig.media.url("/one.wav"), rig.media.url("/one.wav"));
+    let m3u = format!("#EXTM3U\n{}\n{}\n", rig.media.url("/one.wav"), rig.media.url("/two.wav"));
     rig.media.route("/list.m3u", caldera_tests::http_server::Route::file(m3u.into_bytes(), "audio/x-mpegurl"));
-    let (status, err) = rig.session.patch(2301, json!({"track": {"identifier": rig.media.url("/list.m3u")}}));
-    assert_eq!(status, 400, "{err}");
+    let (status, player) = rig.session.patch(2301, json!({"track": {"identifier": rig.media.url("/list.m3u")}}));
+    assert_eq!(status, 200, "{player}");
+    assert_eq!(player["track"]["info"]["uri"], rig.media.url("/one.wav"));
 }
 
 #[test]

@@ -95,47 +95,37 @@ fn every_format_loads_over_http_with_length_title_and_author() {
 }
 
 #[test]
-fn playlists_load_their_entries() {
+fn radio_playlists_load_as_their_first_playable_entry() {
     let server = TestServer::start();
     let node = Node::start();
     server.route("/one.mp3", Route::file(fixture_bytes("sine440.mp3"), "audio/mpeg"));
-    server.route("/two.ogg", Route::file(fixture_bytes("sine440.ogg"), "audio/ogg"));
     server.route("/three.mp3", Route::file(fixture_bytes("untagged.mp3"), "audio/mpeg"));
-    let m3u = format!(
-        "#EXTM3U\n#PLAYLIST:Test Mix\n#EXTINF:3,First\n{}\n#EXTINF:3,Missing\n/missing.mp3\n#EXTINF:3,Second\ntwo.ogg\n#EXTINF:3,Listed Title\n{}\n",
-        server.url("/one.mp3"),
-        server.url("/three.mp3")
-    );
+    // As Lavaplayer: one track, not a playlist; entries that do not load are passed over, the
+    // stream's own title wins over the listed one.
+    let m3u = format!("#EXTM3U\n#PLAYLIST:Test Mix\n#EXTINF:3,Missing\n/missing.mp3\n#EXTINF:3,First\n{}\n", server.url("/one.mp3"));
     server.route("/list/mix.m3u", Route::file(m3u.into_bytes(), "audio/x-mpegurl"));
-    let res = node.load(&server.url("/list/mix.m3u"));
-    assert_eq!(res["loadType"], "playlist", "{res}");
-    assert_eq!(res["data"]["info"], json!({"name": "Test Mix", "selectedTrack": -1}));
-    assert_eq!(res["data"]["pluginInfo"], json!({}));
-    let tracks = res["data"]["tracks"].as_array().unwrap();
-    // Entries that do not load (the 404, and the relative one: it resolves against the
-    // playlist's URL, /list/two.ogg, which is not served yet) are left out.
-    let titles: Vec<&str> = tracks.iter().map(|t| t["info"]["title"].as_str().unwrap()).collect();
-    assert_eq!(titles, ["Sine 440", "Listed Title"], "tag titles win; listed titles fill in");
-    for t in tracks {
-        assert_track_shape(t);
-    }
-    server.route("/list/two.ogg", Route::file(fixture_bytes("sine440.ogg"), "audio/ogg"));
-    let res = node.load(&server.url("/list/mix.m3u"));
-    let tracks = res["data"]["tracks"].as_array().unwrap();
-    assert_eq!(tracks.len(), 3, "{res}");
-    assert_eq!(tracks[1]["info"]["uri"], server.url("/list/two.ogg"));
+    let t = loaded_track(&node, &server.url("/list/mix.m3u"));
+    assert_eq!(t["info"]["title"], "Sine 440");
+    assert_eq!(t["info"]["uri"], server.url("/one.mp3"));
+    assert_track_shape(&t);
+    // A relative entry resolves against the playlist's URL; the listed title fills in.
+    server.route("/list/three.mp3", Route::file(fixture_bytes("untagged.mp3"), "audio/mpeg"));
+    server.route("/list/rel.m3u", Route::file(b"#EXTM3U\n#EXTINF:-1,Listed Title\nthree.mp3\n".to_vec(), "audio/x-mpegurl"));
+    let t = loaded_track(&node, &server.url("/list/rel.m3u"));
+    assert_eq!((t["info"]["title"].as_str(), t["info"]["uri"].as_str()), (Some("Listed Title"), Some(server.url("/list/three.mp3").as_str())));
 
-    let pls = format!("[playlist]\nFile1={}\nTitle1=One\nFile2={}\nNumberOfEntries=2\n", server.url("/three.mp3"), server.url("/one.mp3"));
-    server.route("/radio.pls", Route::file(pls.into_bytes(), "audio/x-scpls"));
-    let res = node.load(&server.url("/radio.pls"));
-    assert_eq!(res["loadType"], "playlist", "{res}");
-    assert_eq!(res["data"]["info"]["name"], "radio");
-    let titles: Vec<&str> = res["data"]["tracks"].as_array().unwrap().iter().map(|t| t["info"]["title"].as_str().unwrap()).collect();
-    assert_eq!(titles, ["One", "Sine 440"]);
+    // PLS, known by its content (the URL has no extension), in entry-number order.
+    let pls = format!("[playlist]\nFile2={}\nFile1={}\nTitle1=One\nNumberOfEntries=2\n", server.url("/one.mp3"), server.url("/three.mp3"));
+    server.route("/radio", Route::file(pls.into_bytes(), "audio/x-scpls"));
+    let t = loaded_track(&node, &server.url("/radio"));
+    assert_eq!((t["info"]["title"].as_str(), t["info"]["uri"].as_str()), (Some("One"), Some(server.url("/three.mp3").as_str())));
 
-    // HLS is not a list of tracks.
-    server.route("/live.m3u8", Route::file(b"#EXTM3U\n#EXT-X-TARGETDURATION:6\nseg0.ts\n".to_vec(), "application/vnd.apple.mpegurl"));
-    assert_eq!(load_error(&node, &server.url("/live.m3u8"))["message"], "HLS playlists are not supported.");
+    // Nothing playable: a clear error, and no local file is ever read.
+    server.route("/none.m3u", Route::file(b"#EXTM3U\nfile:///etc/passwd\n".to_vec(), "audio/x-mpegurl"));
+    assert_eq!(load_error(&node, &server.url("/none.m3u"))["message"], "The playlist file contains no links.");
+    let all_missing = format!("#EXTM3U\n{}\n", server.url("/gone.mp3"));
+    server.route("/gone.m3u", Route::file(all_missing.into_bytes(), "audio/x-mpegurl"));
+    assert_eq!(load_error(&node, &server.url("/gone.m3u"))["message"], "None of the playlist's entries could be loaded.");
 }
 
 #[test]

@@ -12,6 +12,8 @@ pub enum Container {
     Adts,
     M3u,
     Pls,
+    /// An HLS stream (known from the playlist's text, not from the first bytes).
+    Hls,
 }
 
 impl Container {
@@ -27,6 +29,8 @@ impl Container {
             Container::Adts => "adts",
             Container::M3u => "m3u",
             Container::Pls => "pls",
+            // As Lavaplayer names an HLS track of its http source.
+            Container::Hls => "m3u|hls-outer",
         }
     }
 
@@ -59,6 +63,7 @@ impl Container {
             Container::Adts => "aac",
             Container::M3u => "m3u",
             Container::Pls => "pls",
+            Container::Hls => "m3u8",
         }
     }
 

@@ -6,6 +6,7 @@
 //! failed." (suspicious), unrecognised bytes are "Unknown file format." (common).
 
 pub mod container;
+mod hls;
 mod playlist;
 pub mod probe;
 mod rewind;
@@ -18,12 +19,13 @@ use rewind::Rewind;
 use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant};
+use symphonia::core::formats::FormatReader;
 use symphonia::core::io::MediaSource;
 
 /// Bytes read to recognise a container (and to find a stream's ICY title).
 const HEAD_LEN: usize = 64 * 1024;
-/// Largest playlist file read.
-const MAX_PLAYLIST_BYTES: usize = 1024 * 1024;
+/// Entries of a radio playlist tried before giving up.
+const MAX_RADIO_ATTEMPTS: usize = 5;
 const UNKNOWN_TITLE: &str = "Unknown title";
 const UNKNOWN_ARTIST: &str = "Unknown artist";
 
@@ -78,7 +80,6 @@ impl std::error::Error for LoadFailure {}
 /// What loading can end in besides a result: "nothing here" is not an error (`empty`).
 enum Loaded {
     Track(TrackData),
-    Playlist { name: String, tracks: Vec<TrackData> },
     Nothing,
 }
 
@@ -92,7 +93,6 @@ pub fn load(request: &LoadRequest, settings: &crate::Settings, net: &Net) -> Loa
     };
     match result {
         Ok(Loaded::Track(t)) => LoadResult::Track(t),
-        Ok(Loaded::Playlist { name, tracks }) => LoadResult::Playlist { name, selected_track: -1, tracks },
         Ok(Loaded::Nothing) => LoadResult::Empty,
         Err(f) => LoadResult::Error(f.into_exception()),
     }
@@ -108,12 +108,14 @@ fn load_http(url: &str, settings: &crate::Settings, net: &Net, deadline: Instant
     let container = container::detect(&head).ok_or_else(|| unknown_format(&head))?;
     let meta = reader.meta().clone();
     if container.is_playlist() {
+        let text = read_playlist(reader, head)?;
+        if container == Container::M3u && hls::is_hls(&text) {
+            return load_hls(url, &meta.final_url, &text, net, deadline);
+        }
         if !allow_playlist {
             return Err(LoadFailure::common("Playlists inside playlists are not supported.", meta.final_url));
         }
-        let mut text = head;
-        reader.take((MAX_PLAYLIST_BYTES - text.len().min(MAX_PLAYLIST_BYTES)) as u64).read_to_end(&mut text).map_err(read_failed)?;
-        return load_playlist(url, &meta.final_url, container, &String::from_utf8_lossy(&text), settings, net, deadline);
+        return load_radio(url, &meta.final_url, container, &text, settings, net, deadline);
     }
     let is_stream = meta.is_stream();
     let stream_title = reader.stream_title();
@@ -181,6 +183,16 @@ pub fn open_for_playback(track: &TrackData, settings: &crate::Settings, net: &Ne
                 .open(Request::new(&location, Via::HttpSource), u64::MAX)?
                 .ok_or_else(|| LoadFailure::common("That URL is not playable.", "Status code 404".into()))?;
             let head = read_head(&mut reader, HEAD_LEN)?;
+            if container::detect(&head) == Some(Container::M3u) {
+                let final_url = reader.meta().final_url.clone();
+                let text = read_playlist(reader, head)?;
+                if !hls::is_hls(&text) {
+                    return Err(LoadFailure::common("Unknown file format.", "a playlist is not a track".into()));
+                }
+                let format = hls::HlsFormat::open(&final_url, &text, net, None)?;
+                let gauge = Some(format.gauge());
+                return Ok(Media { format: Box::new(format), container: Container::Hls, gauge });
+            }
             let gauge = reader.gauge();
             (Box::new(Rewind::new(reader, head.clone())), head, Some(gauge))
         }
@@ -229,7 +241,32 @@ fn track(info: TrackInfo, container: Container) -> Result<Loaded, LoadFailure> {
         .map_err(|e| LoadFailure::suspicious("The track's metadata cannot be encoded.", e.to_string()))
 }
 
-fn load_playlist(
+/// An HLS stream: VOD has a length and seeks, live is a stream. Opening it fetches its first
+/// segment, so a stream that cannot play fails here.
+fn load_hls(url: &str, final_url: &str, text: &str, net: &Net, deadline: Instant) -> Result<Loaded, LoadFailure> {
+    let format = hls::HlsFormat::open(final_url, text, net, Some(deadline))?;
+    let codec = format.tracks().first().map_or(symphonia::core::codecs::CODEC_TYPE_NULL, |t| t.codec_params.codec);
+    if codec != symphonia::core::codecs::CODEC_TYPE_OPUS && symphonia::default::get_codecs().get_codec(codec).is_none() {
+        return Err(LoadFailure::common("The track's audio format is not supported.", format!("HLS audio with codec {codec}")));
+    }
+    let info = TrackInfo {
+        title: UNKNOWN_TITLE.into(),
+        author: UNKNOWN_ARTIST.into(),
+        length: format.length_ms().unwrap_or(STREAM_LENGTH),
+        identifier: url.into(),
+        is_stream: format.is_live(),
+        uri: Some(url.into()),
+        artwork_url: None,
+        isrc: None,
+        source_name: "http".into(),
+        position: 0,
+    };
+    track(info, Container::Hls)
+}
+
+/// A radio playlist (M3U or PLS, known by its content) loads as Lavaplayer loads it: as one
+/// track, its first entry that plays, titled from the list when the stream has no title.
+fn load_radio(
     given_url: &str,
     final_url: &str,
     container: Container,
@@ -240,67 +277,51 @@ fn load_playlist(
 ) -> Result<Loaded, LoadFailure> {
     let list = match container {
         Container::Pls => playlist::parse_pls(text),
-        _ => playlist::parse_m3u(text)?,
+        _ => playlist::parse_m3u(text),
     };
     let base = url::Url::parse(final_url).map_err(|e| LoadFailure::common("Not a valid URL.", e.to_string()))?;
     // Entries resolve against the playlist's URL; only http(s) entries are followed — a remote
     // playlist must never make the node read local files.
-    let entries: Vec<(String, Option<String>)> = list
+    let entries = list
         .entries
         .iter()
         .filter_map(|e| base.join(&e.location).ok().map(|u| (u, e.title.clone())))
         .filter(|(u, _)| matches!(u.scheme(), "http" | "https"))
-        .take(settings.max_playlist_entries as usize)
-        .map(|(u, t)| (u.to_string(), t))
-        .collect();
-    if entries.is_empty() {
-        return Err(LoadFailure::common("The playlist file contains no links.", given_url.into()));
-    }
-    // Probe entries a few at a time; entries that fail are left out.
-    let results: Vec<Result<Loaded, LoadFailure>> = std::thread::scope(|s| {
-        entries
-            .chunks(4)
-            .flat_map(|chunk| {
-                let handles: Vec<_> = chunk.iter().map(|(u, _)| s.spawn(move || load_http(u, settings, net, deadline, false))).collect();
-                handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(LoadFailure::fault("Probing crashed.", String::new()))))
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    });
-    let mut tracks = Vec::new();
+        .take((settings.max_playlist_entries as usize).min(MAX_RADIO_ATTEMPTS));
     let mut first_failure = None;
-    for ((_, listed_title), result) in entries.iter().zip(results) {
-        match result {
+    let mut tried = false;
+    for (entry, listed_title) in entries {
+        tried = true;
+        match load_http(entry.as_str(), settings, net, deadline, false) {
             Ok(Loaded::Track(mut t)) => {
-                if t.info.title == UNKNOWN_TITLE {
-                    if let Some(title) = listed_title {
-                        t.info.title = title.clone();
-                    }
+                if let Some(title) = listed_title.filter(|_| t.info.title == UNKNOWN_TITLE) {
+                    t.info.title = title;
                 }
-                tracks.push(t);
+                return Ok(Loaded::Track(t));
             }
-            Ok(_) => {}
+            Ok(Loaded::Nothing) => {}
             Err(f) => {
                 first_failure.get_or_insert(f);
             }
         }
+        if Instant::now() >= deadline {
+            break;
+        }
     }
-    if tracks.is_empty() {
-        let cause = first_failure.map(|f| format!("{} ({})", f.message, f.cause)).unwrap_or_default();
-        return Err(LoadFailure::common("None of the playlist's entries could be loaded.", cause));
+    if !tried {
+        return Err(LoadFailure::common("The playlist file contains no links.", given_url.into()));
     }
-    let name = list.name.unwrap_or_else(|| playlist_name_from_url(&base));
-    Ok(Loaded::Playlist { name, tracks })
+    let cause = first_failure.map(|f| format!("{} ({})", f.message, f.cause)).unwrap_or_else(|| "no entry was found".into());
+    Err(LoadFailure::common("None of the playlist's entries could be loaded.", cause))
 }
 
-fn playlist_name_from_url(url: &url::Url) -> String {
-    let file = url.path_segments().and_then(|mut s| s.next_back()).unwrap_or("").to_string();
-    let stem = file.rsplit_once('.').map(|(s, _)| s.to_string()).unwrap_or(file);
-    if stem.is_empty() {
-        url.host_str().unwrap_or("Playlist").to_string()
-    } else {
-        stem
+/// The rest of a playlist after its first bytes, bounded.
+fn read_playlist(reader: impl Read, mut text: Vec<u8>) -> Result<String, LoadFailure> {
+    reader.take(hls::MAX_PLAYLIST_BYTES.saturating_sub(text.len()) as u64 + 1).read_to_end(&mut text).map_err(read_failed)?;
+    if text.len() > hls::MAX_PLAYLIST_BYTES {
+        return Err(LoadFailure::common("The playlist is too large.", format!("more than {} bytes", hls::MAX_PLAYLIST_BYTES)));
     }
+    Ok(String::from_utf8_lossy(&text).into_owned())
 }
 
 fn read_head(r: &mut impl Read, max: usize) -> Result<Vec<u8>, LoadFailure> {

@@ -1,7 +1,5 @@
 //! M3U and PLS playlists (text): entries and their titles.
 
-use super::LoadFailure;
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     /// As written in the file (absolute or relative).
@@ -15,18 +13,11 @@ pub struct Playlist {
     pub entries: Vec<Entry>,
 }
 
-/// Parses an (extended) M3U playlist. HLS playlists are refused: they describe segments of one
-/// stream, not a list of tracks.
-pub fn parse_m3u(text: &str) -> Result<Playlist, LoadFailure> {
+/// Parses an (extended) M3U playlist of links (HLS playlists are told apart before this).
+pub fn parse_m3u(text: &str) -> Playlist {
     let mut list = Playlist::default();
     let mut title = None;
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        if line.starts_with("#EXT-X-") {
-            return Err(LoadFailure::common(
-                "HLS playlists are not supported.",
-                format!("found the HLS tag `{}`", line.split(':').next().unwrap_or(line)),
-            ));
-        }
         if let Some(info) = line.strip_prefix("#EXTINF:") {
             title = info.split_once(',').map(|(_, t)| t.trim().to_string()).filter(|t| !t.is_empty());
         } else if let Some(name) = line.strip_prefix("#PLAYLIST:") {
@@ -35,7 +26,7 @@ pub fn parse_m3u(text: &str) -> Result<Playlist, LoadFailure> {
             list.entries.push(Entry { location: line.to_string(), title: title.take() });
         }
     }
-    Ok(list)
+    list
 }
 
 /// Parses a PLS playlist (`FileN=`, `TitleN=`), in entry-number order.
@@ -70,7 +61,7 @@ mod tests {
     #[test]
     fn extended_m3u() {
         let text = "#EXTM3U\n#PLAYLIST:Evening\n#EXTINF:3,Band - First\nhttp://a/1.mp3\n\n# comment\nrel/2.ogg\n#EXTINF:-1,\nhttps://b/3\n";
-        let p = parse_m3u(text).unwrap();
+        let p = parse_m3u(text);
         assert_eq!(p.name.as_deref(), Some("Evening"));
         assert_eq!(
             p.entries,
@@ -80,12 +71,6 @@ mod tests {
                 Entry { location: "https://b/3".into(), title: None },
             ]
         );
-    }
-
-    #[test]
-    fn hls_is_refused() {
-        let err = parse_m3u("#EXTM3U\n#EXT-X-TARGETDURATION:10\nseg1.ts\n").unwrap_err();
-        assert_eq!(err.message, "HLS playlists are not supported.");
     }
 
     #[test]
