@@ -90,10 +90,8 @@ pub fn detect(head: &[u8]) -> Option<Container> {
         return Some(Container::Matroska);
     }
     if head.starts_with(b"ID3") {
-        // An ID3v2 tag: skip it (synchsafe size) and look at what follows.
-        if head.len() >= 10 {
-            let size = head[6..10].iter().fold(0usize, |acc, b| (acc << 7) | (*b as usize & 0x7F));
-            let after = 10 + size + if head[5] & 0x10 != 0 { 10 } else { 0 };
+        // An ID3v2 tag: skip it and look at what follows.
+        if let Some(after) = id3_len(head) {
             if let Some(rest) = head.get(after..) {
                 if let Some(c) = mpeg_sync(rest) {
                     return Some(c);
@@ -107,6 +105,15 @@ pub fn detect(head: &[u8]) -> Option<Container> {
         return Some(c);
     }
     detect_playlist(head)
+}
+
+/// The length of the ID3v2 tag `bytes` start with (header, synchsafe size, footer), if they do.
+pub fn id3_len(bytes: &[u8]) -> Option<usize> {
+    if bytes.len() < 10 || !bytes.starts_with(b"ID3") {
+        return None;
+    }
+    let size = bytes[6..10].iter().fold(0usize, |acc, b| (acc << 7) | (*b as usize & 0x7F));
+    Some(10 + size + if bytes[5] & 0x10 != 0 { 10 } else { 0 })
 }
 
 /// MPEG audio (layer III → MP3) or ADTS AAC: two consecutive valid frame headers within the

@@ -343,12 +343,10 @@ impl Fetcher {
 
 /// The bytes after a leading ID3v2 tag (packed audio carries its timestamp in one).
 fn strip_id3(data: &[u8]) -> &[u8] {
-    if data.len() < 10 || !data.starts_with(b"ID3") {
-        return data;
+    match container::id3_len(data) {
+        Some(len) => data.get(len..).unwrap_or_default(),
+        None => data,
     }
-    let size = data[6..10].iter().fold(0usize, |acc, b| (acc << 7) | (*b as usize & 0x7F));
-    let footer = if data[5] & 0x10 != 0 { 10 } else { 0 };
-    data.get(10 + size + footer..).unwrap_or_default()
 }
 
 /// AES-128-CBC with PKCS#7 padding (RFC 8216 §4.3.2.4).
