@@ -274,6 +274,31 @@ pub enum PlayerEvent {
     Frames { sent: u32, nulled: u32 },
 }
 
+/// A track of a platform source (YouTube, SoundCloud, ...) to resolve to a stream at play time:
+/// media URLs expire and are bound to the address that resolved them, so a worker asks again
+/// from the address it will stream from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolveRequest {
+    pub source_name: String,
+    pub identifier: String,
+    pub uri: Option<String>,
+    /// The route planner lease ([`ToWorker::RouteLease`]) whose address the stream will leave from.
+    pub lease: Option<u64>,
+}
+
+/// Where a resolved track's media is, and how to fetch it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolvedStream {
+    pub url: String,
+    /// Headers every request for the media must carry (the extractor's).
+    pub headers: Vec<(String, String)>,
+    /// An HLS playlist rather than one media file.
+    pub hls: bool,
+    /// Unix time in milliseconds before which the media answers 403 (a pre-roll wait).
+    pub available_at_ms: Option<i64>,
+    pub is_live: bool,
+}
+
 /// Gateway → worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ToWorker {
@@ -290,6 +315,8 @@ pub enum ToWorker {
     Player { player: u64, command: PlayerCommand },
     /// The answer to [`ToGateway::RouteAcquire`]: the local address to bind, or why there is none.
     RouteLease { id: u64, address: Result<IpAddr, String> },
+    /// The answer to [`ToGateway::Resolve`] carrying the same `id`.
+    Resolved { id: u64, result: Result<ResolvedStream, TrackException> },
 }
 
 /// Worker → gateway.
@@ -309,4 +336,7 @@ pub enum ToGateway {
     /// bound. `search` says whether the request was a search (`searchTriggersFail`). Naming the
     /// lease, not an address, a worker can only report addresses the gateway handed it.
     RouteFailed { id: u64, search: bool },
+    /// Asks the gateway's resolver for a platform track's stream; answered with
+    /// [`ToWorker::Resolved`] carrying the same `id`.
+    Resolve { id: u64, request: ResolveRequest },
 }

@@ -78,6 +78,7 @@ fn to_worker_name(m: &ToWorker) -> String {
         ToWorker::Load { request: LoadRequest::Local { .. }, .. } => "Load/Local".into(),
         ToWorker::Player { command, .. } => format!("Player/{}", command_name(command)),
         ToWorker::RouteLease { .. } => "RouteLease".into(),
+        ToWorker::Resolved { .. } => "Resolved".into(),
     }
 }
 
@@ -100,6 +101,7 @@ fn to_gateway_name(m: &ToGateway) -> String {
         ToGateway::Player { event, .. } => format!("Player/{}", event_name(event)),
         ToGateway::RouteAcquire { .. } => "RouteAcquire".into(),
         ToGateway::RouteFailed { .. } => "RouteFailed".into(),
+        ToGateway::Resolve { .. } => "Resolve".into(),
     }
 }
 
@@ -134,6 +136,10 @@ fn to_worker_samples() -> Vec<ToWorker> {
             low_pass: Some(20.0),
         })),
         ToWorker::RouteLease { id: 3, address: Ok("127.0.0.1".parse().unwrap()) },
+        ToWorker::Resolved {
+            id: 5,
+            result: Ok(ResolvedStream { url: "u".into(), headers: vec![("a".into(), "b".into())], hls: true, available_at_ms: Some(1), is_live: false }),
+        },
     ]
 }
 
@@ -159,6 +165,7 @@ fn to_gateway_samples() -> Vec<ToGateway> {
         player(PlayerEvent::Frames { sent: 1, nulled: 2 }),
         ToGateway::RouteAcquire { id: 4 },
         ToGateway::RouteFailed { id: 4, search: true },
+        ToGateway::Resolve { id: 5, request: ResolveRequest { source_name: "youtube".into(), identifier: "i".into(), uri: None, lease: Some(4) } },
     ]
 }
 
@@ -180,6 +187,7 @@ const TO_WORKER: &[(&str, &str)] = &[
     ("Player/EndTime", "0507080109"),
     ("Player/Filters", "050709010000003f01010000803e010000803f0000803f00005c430000c84201000000000000f03f0000000000000040000000000000f03f01000000400000003f000001000000000000d03f010000803f00000000000000000000803f010000a041"),
     ("RouteLease", "060300007f000001"),
+    ("Resolved", "0705000175010161016201010200"),
 ];
 
 const TO_GATEWAY: &[(&str, &str)] = &[
@@ -201,6 +209,7 @@ const TO_GATEWAY: &[(&str, &str)] = &[
     ("Player/Frames", "0507060102"),
     ("RouteAcquire", "0604"),
     ("RouteFailed", "070401"),
+    ("Resolve", "080507796f75747562650169000104"),
 ];
 
 fn hex(bytes: &[u8]) -> String {

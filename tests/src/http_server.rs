@@ -49,6 +49,9 @@ pub struct Hit {
     pub path: String,
     pub peer: IpAddr,
     pub range: Option<String>,
+    /// `Referer` and `User-Agent`, to tell which client asked and with which headers.
+    pub referer: Option<String>,
+    pub user_agent: Option<String>,
 }
 
 /// Decides which client addresses get 429 Too Many Requests instead of their route.
@@ -119,19 +122,23 @@ fn serve(
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
-    let mut range = None;
+    let (mut range, mut referer, mut user_agent) = (None, None, None);
     loop {
         let mut header = String::new();
         if reader.read_line(&mut header)? == 0 || header.trim().is_empty() {
             break;
         }
         if let Some((k, v)) = header.split_once(':') {
-            if k.trim().eq_ignore_ascii_case("range") {
-                range = Some(v.trim().to_string());
-            }
+            let slot = match k.trim().to_ascii_lowercase().as_str() {
+                "range" => &mut range,
+                "referer" => &mut referer,
+                "user-agent" => &mut user_agent,
+                _ => continue,
+            };
+            *slot = Some(v.trim().to_string());
         }
     }
-    hits.lock().unwrap().push(Hit { path: path.clone(), peer, range: range.clone() });
+    hits.lock().unwrap().push(Hit { path: path.clone(), peer, range: range.clone(), referer, user_agent });
     let route = routes.lock().unwrap().get(&path).cloned();
     let mut out = stream;
     if limited.lock().unwrap().as_ref().is_some_and(|limit| limit(peer)) {

@@ -12,7 +12,7 @@ pub mod voice;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -21,6 +21,13 @@ pub const PASSWORD: &str = "youshallnotpass";
 
 /// A built binary of this workspace (`caldera`, `caldera-worker`), next to the test executable's
 /// target directory. The README's test command builds them before running the tests.
+/// The interpreter of the resolver's environment that `scripts/setup.sh` installs.
+pub fn resolver_python() -> PathBuf {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../resolver/venv/bin/python");
+    assert!(python.exists(), "{} is missing; run ./scripts/setup.sh", python.display());
+    python
+}
+
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     // Tests run from target/<profile>/deps/, binaries (loadgen) from target/<profile>/.
@@ -134,6 +141,10 @@ impl Node {
         }
         std::fs::write(&config, yaml).expect("write config");
         let mut cmd = Command::new(bin("caldera"));
+        // A resolver (a Python process) only for the tests that configure one.
+        if !opts.yaml.contains("resolver:") && !opts.env.iter().any(|(k, _)| k.starts_with("CALDERA_RESOLVER")) {
+            cmd.env("CALDERA_RESOLVER_ENABLED", "false");
+        }
         cmd.arg("--config")
             .arg(&config)
             .current_dir(dir.path())

@@ -175,6 +175,7 @@ where
                 break Ok(());
             }
             Ok(Some(ToWorker::RouteLease { id, address })) => routes.deliver(id, address),
+            Ok(Some(ToWorker::Resolved { id, result })) => routes.deliver_resolved(id, result),
             Ok(Some(ToWorker::Hello(_))) => debug!("ignoring a second hello"),
             // The gateway is gone: nothing to serve any more.
             Ok(None) => {

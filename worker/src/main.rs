@@ -4,6 +4,13 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "--exec-sandboxed") {
+        // Only returns when the program could not be confined or started.
+        let e = caldera_worker::sandbox::exec_sandboxed(&args[2..]);
+        eprintln!("caldera-worker --exec-sandboxed: {e}");
+        return ExitCode::FAILURE;
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()

@@ -36,6 +36,8 @@ pub enum SandboxError {
     NoNewPrivs(nix::Error),
     #[error("cannot build or load the seccomp filter: {0}")]
     Seccomp(String),
+    #[error("cannot start the sandboxed program: {0}")]
+    Exec(String),
 }
 
 /// What was enforced, for the log.
@@ -76,14 +78,71 @@ pub fn apply(mode: Mode, readable: &[PathBuf]) -> Result<Report, SandboxError> {
     }
     report.closed_fds = close_stray_fds();
     rlimits()?;
-    report.landlock = landlock(readable)?;
+    report.landlock = landlock(&Access { read: readable, ..Access::default() })?;
     nix::sys::prctl::set_no_new_privs().map_err(SandboxError::NoNewPrivs)?;
     report.no_new_privs = true;
     if mode == Mode::Strict {
-        seccomp()?;
+        seccomp(false)?;
         report.seccomp = true;
     }
     Ok(report)
+}
+
+/// What a confined process may touch beyond nothing.
+#[derive(Debug, Default)]
+pub struct Access<'a> {
+    /// Files and directories it may read.
+    pub read: &'a [PathBuf],
+    /// Files it may execute (and the dynamic loader they need).
+    pub exec: &'a [PathBuf],
+    /// Directories it may write beneath.
+    pub write: &'a [PathBuf],
+}
+
+/// `caldera-worker --exec-sandboxed PROGRAM ARGS...`: the gateway's resolver (a Python program
+/// embedding yt-dlp) is started through this, so it runs confined like a worker: inherited
+/// descriptors past stdio closed, no core dumps, landlock (reads where `CALDERA_SANDBOX_READ`
+/// says, writes only under `CALDERA_SANDBOX_WRITE`, exec only of `CALDERA_SANDBOX_EXEC`),
+/// no_new_privs, and in strict mode the workers' seccomp deny-list minus exec. Returns only on
+/// failure.
+pub fn exec_sandboxed(args: &[std::ffi::OsString]) -> SandboxError {
+    use std::os::unix::process::CommandExt;
+    let list = |var: &str| -> Vec<PathBuf> {
+        std::env::var_os(var)
+            .map(|v| v.to_string_lossy().lines().filter(|l| !l.is_empty()).map(PathBuf::from).collect())
+            .unwrap_or_default()
+    };
+    let mode = std::env::var("CALDERA_SANDBOX").ok().and_then(|m| Mode::parse(&m)).unwrap_or(Mode::Strict);
+    let Some((program, rest)) = args.split_first() else {
+        return SandboxError::Landlock("--exec-sandboxed needs a program to run".into());
+    };
+    if mode != Mode::Off {
+        close_stray_fds();
+        if let Err(e) = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0) {
+            return SandboxError::Rlimit("RLIMIT_CORE", e);
+        }
+        let mut read = readable_paths(&[]);
+        read.extend(list("CALDERA_SANDBOX_READ").into_iter().filter(|p| p.exists()));
+        let mut exec: Vec<PathBuf> = list("CALDERA_SANDBOX_EXEC");
+        // Every dynamically linked program is started through the loader, which the kernel
+        // opens for execution too.
+        exec.extend(["/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1"].iter().map(PathBuf::from));
+        let exec: Vec<PathBuf> = exec.into_iter().filter_map(|p| p.canonicalize().ok()).collect();
+        let write: Vec<PathBuf> = list("CALDERA_SANDBOX_WRITE").into_iter().filter(|p| p.is_dir()).collect();
+        if let Err(e) = landlock(&Access { read: &read, exec: &exec, write: &write }) {
+            return e;
+        }
+        if let Err(e) = nix::sys::prctl::set_no_new_privs() {
+            return SandboxError::NoNewPrivs(e);
+        }
+        if mode == Mode::Strict {
+            if let Err(e) = seccomp(true) {
+                return e;
+            }
+        }
+    }
+    let e = std::process::Command::new(program).args(rest).exec();
+    SandboxError::Exec(e.to_string())
 }
 
 /// Closes every inherited descriptor above stderr.
@@ -114,16 +173,22 @@ fn rlimits() -> Result<(), SandboxError> {
     Ok(())
 }
 
-fn landlock(readable: &[PathBuf]) -> Result<String, SandboxError> {
-    use landlock::{Access, AccessFs, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr, ABI};
+fn landlock(allowed: &Access) -> Result<String, SandboxError> {
+    use landlock::{Access as _, AccessFs, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr, ABI};
     let abi = ABI::V3;
     let err = |e: &dyn std::fmt::Display| SandboxError::Landlock(e.to_string());
     let mut ruleset = Ruleset::default().handle_access(AccessFs::from_all(abi)).map_err(|e| err(&e))?.create().map_err(|e| err(&e))?;
     let read = AccessFs::from_read(abi) & !AccessFs::Execute;
-    for path in readable {
+    let rules = allowed
+        .read
+        .iter()
+        .map(|p| (p, read))
+        .chain(allowed.exec.iter().map(|p| (p, AccessFs::Execute | AccessFs::ReadFile)))
+        .chain(allowed.write.iter().map(|p| (p, AccessFs::from_all(abi) & !AccessFs::Execute)));
+    for (path, access) in rules {
         let Ok(fd) = PathFd::new(path) else { continue };
-        // A file gets file rights only; a directory everything readable beneath it.
-        let access = if Path::new(path).is_dir() { read } else { read & AccessFs::from_file(abi) };
+        // A file gets file rights only; a directory everything allowed beneath it.
+        let access = if Path::new(path).is_dir() { access } else { access & AccessFs::from_file(abi) };
         ruleset = ruleset.add_rule(PathBeneath::new(fd, access)).map_err(|e| err(&e))?;
     }
     let status = ruleset.restrict_self().map_err(|e| err(&e))?;
@@ -132,7 +197,7 @@ fn landlock(readable: &[PathBuf]) -> Result<String, SandboxError> {
 
 // Syscall numbers are `c_long`: i64 here, i32 on 32-bit targets, hence the conversions.
 #[allow(clippy::useless_conversion)]
-fn seccomp() -> Result<(), SandboxError> {
+fn seccomp(allow_exec: bool) -> Result<(), SandboxError> {
     use seccompiler::{SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch};
     let err = |e: &dyn std::fmt::Display| SandboxError::Seccomp(e.to_string());
     let denied = [
@@ -168,7 +233,9 @@ fn seccomp() -> Result<(), SandboxError> {
         libc::SYS_request_key,
         libc::SYS_keyctl,
     ];
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = denied.iter().map(|nr| (i64::from(*nr), Vec::new())).collect();
+    let exec = [i64::from(libc::SYS_execve), i64::from(libc::SYS_execveat)];
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+        denied.iter().map(|nr| i64::from(*nr)).filter(|nr| !(allow_exec && exec.contains(nr))).map(|nr| (nr, Vec::new())).collect();
     // socket(AF_PACKET, ..) and socket(.., SOCK_RAW | flags, ..)
     let packet = SeccompRule::new(vec![SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, 17).map_err(|e| err(&e))?]).map_err(|e| err(&e))?;
     let raw = SeccompRule::new(vec![SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::MaskedEq(0xf), 3).map_err(|e| err(&e))?]).map_err(|e| err(&e))?;

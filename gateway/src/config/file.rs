@@ -157,8 +157,9 @@ impl Default for LavalinkServerConfig {
     }
 }
 
-/// Lavalink's source switches. Caldera implements only some; `/v4/info` lists enabled *and*
-/// implemented ones, so a bot never sees a source it cannot use.
+/// Lavalink's source switches, with Lavalink's defaults. `/v4/info` lists the enabled ones
+/// Caldera can serve right now (platform sources need a ready resolver), so a bot never sees a
+/// source it cannot use.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct SourcesConfig {
@@ -175,12 +176,12 @@ pub struct SourcesConfig {
 impl Default for SourcesConfig {
     fn default() -> Self {
         Self {
-            youtube: false,
+            youtube: true,
             bandcamp: true,
             soundcloud: true,
             twitch: true,
             vimeo: true,
-            nico: true,
+            nico: false,
             http: true,
             local: false,
         }
@@ -314,6 +315,34 @@ pub struct CalderaConfig {
     /// Time allowed for loading one identifier (probing it in a worker), in milliseconds.
     pub load_timeout_ms: u64,
     pub worker: WorkerProcessConfig,
+    pub resolver: ResolverConfig,
+}
+
+/// `caldera.resolver`: the process embedding yt-dlp that finds platform sources' tracks.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ResolverConfig {
+    /// `false` turns platform sources off without uninstalling anything.
+    pub enabled: bool,
+    /// The Python interpreter of the virtual environment holding yt-dlp; default: the one the
+    /// setup script makes (`resolver/venv` beside the working directory or the executable).
+    pub python: Option<PathBuf>,
+    /// Requests the resolver works on at once (more wait their turn).
+    pub concurrency: usize,
+    /// Resident memory past which the resolver is restarted, e.g. `1G`.
+    #[serde(deserialize_with = "string_or_number")]
+    pub memory_limit: Option<String>,
+    /// Web pages the http source cannot play (HTML) are given to yt-dlp's generic extractor,
+    /// which finds the audio they embed (`og:audio`, `<audio>`, ...).
+    pub generic_pages: bool,
+    /// Lookups and playlists are given this long, in milliseconds; default: `caldera.loadTimeoutMs`.
+    pub timeout_ms: Option<u64>,
+}
+
+impl Default for ResolverConfig {
+    fn default() -> Self {
+        Self { enabled: true, python: None, concurrency: 4, memory_limit: None, generic_pages: true, timeout_ms: None }
+    }
 }
 
 /// `caldera.worker`: how worker processes are confined.
@@ -342,6 +371,7 @@ impl Default for CalderaConfig {
             local_directories: Vec::new(),
             load_timeout_ms: 20_000,
             worker: WorkerProcessConfig::default(),
+            resolver: ResolverConfig::default(),
         }
     }
 }
@@ -356,16 +386,8 @@ pub const NOT_ACTED_ON: &[&str] = &[
     "lavalink.pluginsDir",
     "lavalink.defaultPluginRepository",
     "lavalink.defaultPluginSnapshotRepository",
-    "lavalink.server.sources.youtube",
-    "lavalink.server.sources.bandcamp",
-    "lavalink.server.sources.soundcloud",
-    "lavalink.server.sources.twitch",
-    "lavalink.server.sources.vimeo",
     "lavalink.server.sources.nico",
     "lavalink.server.useSeekGhosting",
-    "lavalink.server.youtubePlaylistLoadLimit",
-    "lavalink.server.youtubeSearchEnabled",
-    "lavalink.server.soundcloudSearchEnabled",
     "lavalink.server.soundcloudFilterOutPreviewTracks",
     "lavalink.server.gcWarnings",
     "lavalink.server.nonAllocatingFrameBuffer",

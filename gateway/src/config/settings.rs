@@ -44,7 +44,32 @@ pub struct Settings {
     pub http: caldera_protocol::HttpSettings,
     /// Lavalink's audio keys.
     pub audio: caldera_protocol::AudioSettings,
+    pub resolver: ResolverSettings,
 }
+
+/// The resolver (yt-dlp) and the platform switches that concern it.
+#[derive(Debug, Clone)]
+pub struct ResolverSettings {
+    /// The interpreter of the environment holding yt-dlp; `None`: the resolver is off (disabled,
+    /// or not installed), and so are platform sources.
+    pub python: Option<PathBuf>,
+    pub concurrency: usize,
+    /// Resident memory (with its children) past which it is restarted.
+    pub memory_limit: u64,
+    pub generic_pages: bool,
+    /// Time given to one lookup.
+    pub timeout: Duration,
+    /// `youtubeSearchEnabled`, `soundcloudSearchEnabled`.
+    pub youtube_search: bool,
+    pub soundcloud_search: bool,
+    /// Most tracks of a playlist (`youtubePlaylistLoadLimit` pages of 100, as Lavaplayer).
+    pub playlist_limit: usize,
+}
+
+/// Where the setup script installs the resolver's environment, relative to the repository.
+const RESOLVER_VENV_PYTHON: &str = "resolver/venv/bin/python";
+/// Lavaplayer's default `youtubePlaylistLoadLimit`, in pages of 100 videos.
+const DEFAULT_PLAYLIST_PAGES: u32 = 6;
 
 /// How worker processes are confined (`caldera.worker.sandbox`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,10 +255,45 @@ impl Settings {
             opus_quality,
             resampling,
         };
+        let r = &caldera.resolver;
+        if !(1..=64).contains(&r.concurrency) {
+            return Err(invalid("caldera.resolver.concurrency", format!("must be 1-64, got {}", r.concurrency)));
+        }
+        let resolver_memory = match r.memory_limit.as_deref() {
+            None => 1 << 30,
+            Some(raw) => parse_size(raw)
+                .filter(|b| *b >= 128 << 20)
+                .ok_or_else(|| invalid("caldera.resolver.memoryLimit", format!("`{raw}` is not a size of at least 128M")))?,
+        };
+        let python = match &r.python {
+            Some(p) if r.enabled => {
+                if !p.is_absolute() || !p.exists() {
+                    return Err(invalid("caldera.resolver.python", format!("`{}` is not an absolute path to an existing interpreter", p.display())));
+                }
+                Some(p.clone())
+            }
+            _ if r.enabled => default_resolver_python(),
+            _ => None,
+        };
+        let resolver = ResolverSettings {
+            python,
+            concurrency: r.concurrency,
+            memory_limit: resolver_memory,
+            generic_pages: r.generic_pages,
+            timeout: Duration::from_millis(r.timeout_ms.unwrap_or(caldera.load_timeout_ms).clamp(1000, 600_000)),
+            youtube_search: server.youtube_search_enabled.unwrap_or(true),
+            soundcloud_search: server.soundcloud_search_enabled.unwrap_or(true),
+            playlist_limit: server.youtube_playlist_load_limit.unwrap_or(DEFAULT_PLAYLIST_PAGES).clamp(1, 100) as usize * 100,
+        };
+        // The youtube-source plugin's switch means YouTube is wanted (Lavalink's built-in source
+        // is then turned off in the same file).
+        let mut sources = server.sources.clone();
+        let plugin_youtube = config.plugins.as_ref().and_then(|p| p.get("youtube")?.get("enabled")?.as_bool());
+        sources.youtube |= plugin_youtube == Some(true);
         Ok(Self {
             listen: SocketAddr::new(config.server.address, config.server.port),
             password: server.password.clone(),
-            sources: server.sources.clone(),
+            sources,
             filters: server.filters.clone(),
             player_update_interval: Duration::from_secs(server.player_update_interval.into()),
             track_stuck_threshold: Duration::from_millis(server.track_stuck_threshold_ms),
@@ -249,6 +309,7 @@ impl Settings {
             memory_limit,
             http,
             audio,
+            resolver,
         })
     }
 
@@ -319,6 +380,15 @@ fn default_worker_binary() -> PathBuf {
         .ok()
         .and_then(|exe| exe.parent().map(|d| d.join("caldera-worker")))
         .unwrap_or_else(|| PathBuf::from("caldera-worker"))
+}
+
+/// The setup script's virtual environment, beside the working directory or above the executable
+/// (`target/release/caldera` in a checkout).
+fn default_resolver_python() -> Option<PathBuf> {
+    let cwd = std::env::current_dir().ok();
+    let exe = std::env::current_exe().ok();
+    let above_exe = exe.iter().flat_map(|e| e.ancestors().skip(1).take(4)).map(|d| d.to_path_buf());
+    cwd.into_iter().chain(above_exe).map(|d| d.join(RESOLVER_VENV_PYTHON)).find(|p| p.exists())
 }
 
 fn level_directive(level: &str) -> Option<&'static str> {

@@ -1,5 +1,6 @@
 //! Caldera's own routes beyond Lavalink: `GET /v4/caldera/connections` (every WebSocket session
-//! and its traffic) and `GET /v4/caldera/workers` (every worker process and how it is doing).
+//! and its traffic), `GET /v4/caldera/workers` (every worker process and how it is doing) and
+//! `GET /v4/caldera/resolver` (the yt-dlp process behind platform sources).
 
 use super::AppState;
 use axum::extract::State;
@@ -140,4 +141,12 @@ pub async fn workers(State(state): State<AppState>) -> Json<Workers> {
         })
         .collect();
     Json(Workers { workers })
+}
+
+/// The resolver's state; `{"state": "disabled"}` when it is off or not installed.
+pub async fn resolver(State(state): State<AppState>) -> Json<crate::supervisor::resolver::ResolverStatus> {
+    Json(match state.node.supervisor.resolver() {
+        Some(r) => r.status(),
+        None => crate::supervisor::resolver::ResolverStatus { state: "disabled", ..Default::default() },
+    })
 }

@@ -6,8 +6,10 @@ use axum::extract::State;
 use axum::Json;
 use caldera_protocol::build;
 
-/// Sources Caldera can actually load; `/v4/info` lists those of them the config enables.
+/// Sources Caldera loads itself; the platform sources come with a ready resolver (yt-dlp).
+/// `/v4/info` lists those of them the config enables.
 pub const IMPLEMENTED_SOURCES: &[&str] = &["http", "local"];
+const PLATFORM_SOURCES: &[&str] = &["youtube", "soundcloud", "bandcamp", "twitch", "vimeo"];
 
 pub async fn version() -> &'static str {
     env!("CARGO_PKG_VERSION")
@@ -36,7 +38,11 @@ pub async fn info(State(state): State<AppState>) -> Json<Info> {
         jvm: build::RUSTC_VERSION.to_string(),
         // …and its audio engine in place of Lavaplayer.
         lavaplayer: format!("caldera-worker {semver}"),
-        source_managers: settings.sources.enabled().into_iter().filter(|s| IMPLEMENTED_SOURCES.contains(s)).collect(),
+        source_managers: {
+            let platforms = state.node.supervisor.resolver().is_some_and(|r| r.is_ready());
+            let available = |s: &&str| IMPLEMENTED_SOURCES.contains(s) || (platforms && PLATFORM_SOURCES.contains(s));
+            settings.sources.enabled().into_iter().filter(available).collect()
+        },
         filters: settings.filters.enabled(),
         plugins: Vec::new(),
     })

@@ -67,6 +67,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v4/stats", get(stats))
         .route("/v4/caldera/connections", get(caldera::connections))
         .route("/v4/caldera/workers", get(caldera::workers))
+        .route("/v4/caldera/resolver", get(caldera::resolver))
         .route("/v4/loadtracks", get(tracks::load_tracks))
         .route("/v4/decodetrack", get(tracks::decode_track))
         .route("/v4/decodetracks", post(tracks::decode_tracks))

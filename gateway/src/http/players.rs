@@ -1,7 +1,6 @@
 //! Player routes: `GET/PATCH/DELETE /v4/sessions/{sessionId}/players[/{guildId}]`.
 
 use super::error::ApiError;
-use super::tracks::{classify, load_deadline};
 use super::AppState;
 use crate::players::{PlayerError, PlayerUpdate, Resolved, TrackChange, TrackRequest};
 use axum::body::Bytes;
@@ -96,10 +95,7 @@ pub async fn update_player(
 async fn load_single(state: &AppState, identifier: &str) -> Result<TrackData, ApiError> {
     // Lavalink's messages, word for word; the cause goes to `?trace=true`.
     const NO_MATCHES: &str = "No matches found for identifier";
-    let Some(request) = classify(identifier, state) else {
-        return Err(ApiError::bad_request(NO_MATCHES));
-    };
-    match state.node.supervisor.load(request, load_deadline(state)).await {
+    match state.node.supervisor.load_identifier(identifier, &state.node.settings).await {
         LoadResult::Track(t) => Ok(t),
         LoadResult::Playlist { .. } | LoadResult::Search(_) => Err(ApiError::bad_request("Cannot play a playlist or search result")),
         LoadResult::Empty => Err(ApiError::bad_request(NO_MATCHES)),

@@ -2,13 +2,15 @@
 //! that hang, respawns the ones that die (with backoff), and stops them at shutdown.
 
 mod ipc;
+pub mod resolver;
 mod slot;
+pub mod sources;
 mod spawn;
 
 pub use ipc::{HandshakeError, RuntimeDir, HELLO_TIMEOUT};
 pub use slot::{Backoff, WorkerState, WorkerStatus};
 
-use crate::config::Settings;
+use crate::config::{ResolverSettings, SandboxMode, Settings, SourcesConfig};
 use crate::routeplanner::RoutePlanner;
 use caldera_protocol::{Encoded, ExceptionSeverity, LoadRequest, LoadResult, PlayerEvent, ToWorker, TrackException, WorkerSettings, MAX_FRAME_LEN};
 use spawn::{SpawnSpec, Spawner};
@@ -34,6 +36,8 @@ pub enum SupervisorError {
     Listen { path: PathBuf, source: std::io::Error },
     #[error("cannot start the spawner thread: {0}")]
     Spawner(std::io::Error),
+    #[error("cannot prepare the resolver's directory: {0}")]
+    Resolver(std::io::Error),
 }
 
 #[derive(Debug, Clone)]
@@ -51,6 +55,11 @@ pub struct SupervisorConfig {
     pub worker_env: Vec<(String, OsString)>,
     /// Hands out the local addresses of workers' outbound source requests, when configured.
     pub route_planner: Option<Arc<RoutePlanner>>,
+    /// The resolver, when enabled and installed.
+    pub resolver: Option<ResolverSettings>,
+    pub sandbox: SandboxMode,
+    /// Which sources may be played (a worker's resolve request is checked against them).
+    pub sources: SourcesConfig,
 }
 
 impl SupervisorConfig {
@@ -72,6 +81,9 @@ impl SupervisorConfig {
             settings: settings.worker_settings(),
             worker_env,
             route_planner,
+            resolver: settings.resolver.python.is_some().then(|| settings.resolver.clone()),
+            sandbox: settings.sandbox,
+            sources: settings.sources.clone(),
         }
     }
 }
@@ -168,6 +180,7 @@ pub(crate) struct Shared {
     pub next_request: AtomicU64,
     /// Player events from workers, and word of workers that went away.
     pub player_events: mpsc::Sender<WorkerEvent>,
+    pub resolver: Option<Arc<resolver::Resolver>>,
 }
 
 /// What the supervisor tells the player registry.
@@ -247,7 +260,7 @@ impl Shared {
                 env.push((key.into(), v));
             }
         }
-        SpawnSpec { binary: self.config.worker_binary.clone(), env }
+        SpawnSpec { binary: self.config.worker_binary.clone(), args: Vec::new(), env, piped: false }
     }
 }
 
@@ -270,6 +283,19 @@ impl Supervisor {
             .map_err(|source| SupervisorError::Listen { path: socket_path.clone(), source })?;
         info!(socket = %socket_path.display(), "IPC socket ready");
         let spawner = Spawner::start().map_err(SupervisorError::Spawner)?;
+        let resolver = match (&config.resolver, &config.resolver.as_ref().and_then(|r| r.python.clone())) {
+            (Some(settings), Some(python)) => Some(
+                resolver::Resolver::new(resolver::ResolverConfig {
+                    settings: settings.clone(),
+                    python: python.clone(),
+                    launcher: config.worker_binary.clone(),
+                    sandbox: config.sandbox,
+                    dir: runtime_dir.path().join("resolver"),
+                })
+                .map_err(SupervisorError::Resolver)?,
+            ),
+            _ => None,
+        };
         let n = config.workers;
         let shared = Arc::new(Shared {
             config,
@@ -282,6 +308,7 @@ impl Supervisor {
             requests: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
             player_events,
+            resolver: resolver.clone(),
         });
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -293,6 +320,12 @@ impl Supervisor {
             tasks.spawn(
                 slot::run(shared.clone(), id, cancel.child_token()).instrument(info_span!("worker", id)),
             );
+        }
+        match &resolver {
+            Some(r) => {
+                tasks.spawn(r.clone().run(shared.spawner.clone(), cancel.child_token()).instrument(info_span!("resolver")));
+            }
+            None => info!("platform sources (YouTube, SoundCloud, Bandcamp, Twitch, Vimeo, search) are off: the resolver is disabled or not installed; Hint: run ./scripts/setup.sh or set caldera.resolver.python"),
         }
         tasks.close();
         Ok(Self { shared, cancel, tasks, _runtime_dir: runtime_dir })
@@ -373,6 +406,11 @@ impl Supervisor {
     /// The settings every worker gets.
     pub fn settings(&self) -> &WorkerSettings {
         &self.shared.config.settings
+    }
+
+    /// The resolver (yt-dlp), when enabled and installed.
+    pub fn resolver(&self) -> Option<&Arc<resolver::Resolver>> {
+        self.shared.resolver.as_ref()
     }
 
     /// The route planner, when `lavalink.server.ratelimit` configures one.

@@ -2,10 +2,10 @@
 
 use super::ipc::WorkerConn;
 use super::spawn::{self, SpawnedChild};
-use super::{Outbound, Shared, WorkerEvent};
+use super::{resolver, Outbound, Shared, WorkerEvent};
 use crate::routeplanner::Marked;
 use crate::telemetry;
-use caldera_protocol::{build, GatewayHello, ResourceReport, Severity, ToGateway, ToWorker};
+use caldera_protocol::{build, ExceptionSeverity, GatewayHello, ResourceReport, Severity, ToGateway, ToWorker, TrackException};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -202,7 +202,7 @@ async fn run_once(shared: &Arc<Shared>, id: u32, cancel: &CancellationToken) -> 
             return Outcome::Ended { healthy: false };
         }
     };
-    let SpawnedChild { pid, mut exited } = child;
+    let SpawnedChild { pid, mut exited, .. } = child;
     shared.update(id, |s| s.pid = Some(pid));
 
     let conn = tokio::select! {
@@ -409,6 +409,9 @@ impl Budget {
     }
 }
 
+/// Platform tracks one worker may have the resolver look up at once.
+const MAX_RESOLVING: usize = 64;
+
 /// Reads frames until the connection ends; returns why it ended. Player events go to the
 /// registry through a bounded queue: when it is full this reader waits, so a worker that floods
 /// stalls its own connection (and misses its pings) rather than growing the gateway's memory.
@@ -423,6 +426,8 @@ async fn read_loop(
     let end = |why: &str| ReadEnd { why: why.into(), kill: None };
     let mut leases = Leases::default();
     let mut budget = Budget::new();
+    let resolving = Arc::new(tokio::sync::Semaphore::new(MAX_RESOLVING));
+    let mut resolves = tokio::task::JoinSet::new();
     loop {
         let before = reader.bytes_received();
         let msg = match reader.recv().await {
@@ -491,6 +496,32 @@ async fn read_loop(
                 }
                 let _ = shared.send(id, &ToWorker::RouteLease { id: request, address });
             }
+            ToGateway::Resolve { id: request, request: track } => {
+                while resolves.try_join_next().is_some() {}
+                let answer = move |result| ToWorker::Resolved { id: request, result };
+                let refused = |message: &str, cause: String| Err(TrackException { message: message.into(), severity: ExceptionSeverity::Common, cause });
+                let family = resolver::Family::of_source(&track.source_name);
+                let (Some(resolver), Some(family)) = (shared.resolver.clone(), family) else {
+                    let _ = shared.send(id, &answer(refused("This track's source is not available on this node.", format!("no resolver for `{}` tracks", track.source_name))));
+                    continue;
+                };
+                if !family.enabled(&shared.config.sources, resolver.settings().generic_pages) {
+                    let _ = shared.send(id, &answer(refused("This track's source is disabled on this node.", format!("lavalink.server.sources turns `{}` off", track.source_name))));
+                    continue;
+                }
+                let Ok(permit) = resolving.clone().try_acquire_owned() else {
+                    let _ = shared.send(id, &answer(Err(TrackException { message: "The resolver is overloaded.".into(), severity: ExceptionSeverity::Fault, cause: format!("this worker has {MAX_RESOLVING} lookups waiting") })));
+                    continue;
+                };
+                // A lease the worker names must be one it was given.
+                let address = track.lease.and_then(|l| leases.get(l));
+                let shared = shared.clone();
+                resolves.spawn(async move {
+                    let result = resolver.resolve(&track, address).await;
+                    let _ = shared.send(id, &answer(result));
+                    drop(permit);
+                });
+            }
             ToGateway::RouteFailed { id: request, search } => {
                 let (Some(planner), Some(address)) = (&shared.config.route_planner, leases.take(request)) else {
                     debug!(worker = id, request, "worker reported a failure for a lease it does not hold; ignored");
@@ -522,6 +553,10 @@ impl Leases {
 
     fn take(&mut self, id: u64) -> Option<std::net::IpAddr> {
         self.0.remove(&id)
+    }
+
+    fn get(&self, id: u64) -> Option<std::net::IpAddr> {
+        self.0.get(&id).copied()
     }
 }
 

@@ -8,7 +8,7 @@ use nix::sys::signal::Signal;
 use std::ffi::OsString;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use tokio::sync::oneshot;
 
@@ -16,7 +16,11 @@ use tokio::sync::oneshot;
 #[derive(Debug, Clone)]
 pub struct SpawnSpec {
     pub binary: PathBuf,
+    pub args: Vec<OsString>,
     pub env: Vec<(String, OsString)>,
+    /// Give the child pipes for stdin, stdout and stderr (the resolver speaks over them);
+    /// otherwise stdin is null and the rest are inherited.
+    pub piped: bool,
 }
 
 /// A running child: its pid and a receiver that resolves once it has exited and been reaped.
@@ -24,6 +28,8 @@ pub struct SpawnSpec {
 pub struct SpawnedChild {
     pub pid: u32,
     pub exited: oneshot::Receiver<ExitStatus>,
+    /// stdin, stdout, stderr when [`SpawnSpec::piped`].
+    pub pipes: Option<(ChildStdin, ChildStdout, ChildStderr)>,
 }
 
 struct Request {
@@ -58,11 +64,12 @@ impl Spawner {
 
 fn spawn_now(spec: &SpawnSpec) -> std::io::Result<SpawnedChild> {
     let mut cmd = Command::new(&spec.binary);
-    cmd.env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit());
+    cmd.args(&spec.args).env_clear().envs(spec.env.iter().map(|(k, v)| (k, v)));
+    if spec.piped {
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    } else {
+        cmd.stdin(Stdio::null()).stdout(Stdio::inherit()).stderr(Stdio::inherit());
+    }
     // SAFETY: the closure runs in the forked child before exec and only makes the async-signal-safe
     // prctl(2) syscall; it touches no locks or allocations.
     unsafe {
@@ -73,12 +80,16 @@ fn spawn_now(spec: &SpawnSpec) -> std::io::Result<SpawnedChild> {
     }
     let mut child = cmd.spawn()?;
     let pid = child.id();
+    let pipes = match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
+        (Some(i), Some(o), Some(e)) => Some((i, o, e)),
+        _ => None,
+    };
     let (tx, exited) = oneshot::channel();
     std::thread::Builder::new().name(format!("caldera-reap-{pid}")).spawn(move || {
         let status = child.wait().unwrap_or_else(|_| ExitStatus::from_raw(0));
         let _ = tx.send(status);
     })?;
-    Ok(SpawnedChild { pid, exited })
+    Ok(SpawnedChild { pid, exited, pipes })
 }
 
 /// Sends SIGKILL to a child that has not been reaped yet.

@@ -68,6 +68,8 @@ pub struct Ask<'a> {
     pub to: Option<u64>,
     pub icy: bool,
     pub url: &'a url::Url,
+    /// Extra headers (a platform's, from its extractor); they replace the defaults they name.
+    pub headers: &'a [(String, String)],
 }
 
 /// One GET: the response head, or why there is none.
@@ -96,10 +98,20 @@ pub async fn get(ask: Ask<'_>, route: Route<'_>, dns: &dns::Cache, tls: &Arc<rus
         None => connect_host(&host, port, route.local, route.connect_timeout, dns).await?,
     };
     let target = if absolute { url.as_str().to_string() } else { url[url::Position::BeforePath..url::Position::AfterQuery].to_string() };
-    let mut request = http::Request::get(if target.is_empty() { "/" } else { &target })
-        .header(http::header::HOST, host_header(url))
-        .header(http::header::USER_AGENT, USER_AGENT)
-        .header(http::header::ACCEPT, "*/*");
+    let mut request = http::Request::get(if target.is_empty() { "/" } else { &target }).header(http::header::HOST, host_header(url));
+    let given = |name: &http::header::HeaderName| ask.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name.as_str()));
+    for (name, default) in [(http::header::USER_AGENT, USER_AGENT), (http::header::ACCEPT, "*/*")] {
+        if !given(&name) {
+            request = request.header(name, default);
+        }
+    }
+    for (name, value) in ask.headers {
+        // Headers that would change the exchange itself are ours to set.
+        let reserved = ["host", "range", "connection", "content-length", "transfer-encoding", "accept-encoding", "proxy-authorization"];
+        if !reserved.iter().any(|r| name.eq_ignore_ascii_case(r)) {
+            request = request.header(name.as_str(), value.as_str());
+        }
+    }
     match (ask.from, ask.to) {
         (Some(from), Some(to)) => request = request.header(http::header::RANGE, format!("bytes={from}-{to}")),
         (Some(from), None) => request = request.header(http::header::RANGE, format!("bytes={from}-")),

@@ -32,6 +32,9 @@ const MAX_RETRY_TIME: Duration = Duration::from_secs(60);
 pub enum Via {
     /// The http source: through the proxy when one is configured, else the route planner.
     HttpSource,
+    /// A platform source's media (resolved by the gateway's resolver): never through the http
+    /// source's proxy; from the address the resolver used when one was leased.
+    Platform,
 }
 
 /// One request.
@@ -47,11 +50,19 @@ pub struct Request {
     pub icy: bool,
     /// When the whole operation must be over (retries included).
     pub deadline: Option<Instant>,
+    /// Headers the request must carry (a platform's).
+    pub headers: Vec<(String, String)>,
+    /// Leave from this local address (the one a platform's media URL was resolved from) instead
+    /// of asking the route planner.
+    pub local: Option<IpAddr>,
+    /// Read the body in ranged requests of this many bytes (platforms that cut off long
+    /// transfers or throttle them).
+    pub chunk: Option<u64>,
 }
 
 impl Request {
     pub fn new(url: &str, via: Via) -> Self {
-        Self { url: url.to_string(), from: None, to: None, via, icy: false, deadline: None }
+        Self { url: url.to_string(), from: None, to: None, via, icy: false, deadline: None, headers: Vec::new(), local: None, chunk: None }
     }
 }
 
@@ -115,6 +126,10 @@ impl Net {
     pub async fn send(&self, req: &Request) -> Result<(Response, String, Egress), LoadFailure> {
         let (http, planning) = self.settings();
         let proxied = req.via == Via::HttpSource && http.proxy.is_some();
+        if req.local.is_some() {
+            let egress = Egress { local: req.local, proxied: false };
+            return self.attempt(req, egress, &http).await.map(|(r, url)| (r, url, egress)).map_err(|(f, _)| f);
+        }
         let planning = planning.filter(|_| !proxied);
         let deadline = req.deadline.unwrap_or_else(|| Instant::now() + MAX_RETRY_TIME);
         let Some(planning) = planning else {
@@ -178,7 +193,7 @@ impl Net {
                 proxy: http.proxy.as_ref().filter(|_| egress.proxied),
                 connect_timeout: Duration::from_millis(http.connect_timeout_ms),
             };
-            let ask = http::Ask { from: req.from, to: req.to, icy: req.icy, url: &url };
+            let ask = http::Ask { from: req.from, to: req.to, icy: req.icy, url: &url, headers: &req.headers };
             let res = match tokio::time::timeout(limit, http::get(ask, route, &self.inner.dns, &tls)).await {
                 Ok(Ok(res)) => res,
                 Ok(Err(http::Failure::Bind(e))) => return Err((LoadFailure::suspicious("Connecting to the URL failed.", format!("{}: {e}", req.url)), true)),
@@ -229,6 +244,28 @@ impl Net {
                 body.extend_from_slice(&chunk);
             }
         }
+    }
+
+    /// Has the gateway's resolver turn a platform track into a stream, from an address the
+    /// route planner leases (when one is configured); the stream must then be fetched from that
+    /// same address (it is returned with it).
+    pub async fn resolve(&self, track: &caldera_protocol::TrackInfo) -> Result<(caldera_protocol::ResolvedStream, Option<IpAddr>), LoadFailure> {
+        let planning = self.settings().1;
+        let lease = match planning {
+            Some(_) => Some(self.inner.routes.acquire().await.map_err(|no| match no {
+                NoLease::Exhausted(why) => LoadFailure::suspicious("No outbound address is free to make the request from.", why),
+                NoLease::Unavailable(why) => LoadFailure::fault("The route planner did not hand out an address.", why),
+            })?),
+            None => None,
+        };
+        let request = caldera_protocol::ResolveRequest {
+            source_name: track.source_name.clone(),
+            identifier: track.identifier.clone(),
+            uri: track.uri.clone(),
+            lease: lease.map(|l| l.id),
+        };
+        let stream = self.inner.routes.resolve(request).await?;
+        Ok((stream, lease.map(|l| l.address)))
     }
 
     pub(crate) fn read_timeout(&self) -> Duration {

@@ -97,11 +97,13 @@ impl ResponseMeta {
 
     fn of(res: &Response, final_url: String) -> Self {
         let header = |name: &str| res.headers.get(name).and_then(|v| v.to_str().ok()).map(|s| s.trim().to_string());
+        // A ranged answer names the whole resource's length: `bytes 0-99/1234`.
+        let total = header("content-range").filter(|_| res.status == 206).and_then(|v| v.rsplit_once('/')?.1.parse::<u64>().ok());
         ResponseMeta {
             final_url,
             content_type: header("content-type"),
-            length: header("content-length").and_then(|v| v.parse().ok()),
-            accepts_ranges: header("accept-ranges").is_some_and(|v| v.eq_ignore_ascii_case("bytes")),
+            length: total.or_else(|| header("content-length").and_then(|v| v.parse().ok()).filter(|_| res.status != 206)),
+            accepts_ranges: total.is_some() || header("accept-ranges").is_some_and(|v| v.eq_ignore_ascii_case("bytes")),
             icy_name: header("icy-name").filter(|n| !n.is_empty()),
             icy_metaint: header("icy-metaint").and_then(|v| v.parse().ok()).filter(|&n| n > 0),
         }
@@ -205,8 +207,17 @@ impl Transfer {
     }
 }
 
+/// Gives a fresh request for a resource whose address expired (a platform's media URL): the
+/// resolver is asked again.
+pub type Renew = Box<dyn FnMut() -> Result<Request, LoadFailure> + Send + Sync>;
+
+/// Times an expired address is renewed before the reader gives up.
+const RENEWALS: u32 = 2;
+
 pub struct HttpReader {
     net: Net,
+    renew: Option<Renew>,
+    renewals_left: u32,
     /// The request, re-sent (from the same egress) to resume or seek.
     request: Request,
     egress: Egress,
@@ -224,7 +235,11 @@ pub struct HttpReader {
 impl HttpReader {
     /// Sends the first request; see [`Net::open`].
     pub(super) fn open(net: Net, mut request: Request, budget: u64) -> Result<Option<Self>, LoadFailure> {
-        request.icy = true;
+        request.icy = request.chunk.is_none();
+        if let Some(chunk) = request.chunk {
+            request.from = Some(0);
+            request.to = Some(chunk.max(1) - 1);
+        }
         let (res, final_url, egress) = net.runtime().block_on(net.send(&request))?;
         if res.status == 404 {
             return Ok(None);
@@ -238,6 +253,8 @@ impl HttpReader {
         let body = Transfer::start(&net, res, gauge.clone());
         Ok(Some(Self {
             net,
+            renew: None,
+            renewals_left: RENEWALS,
             request,
             egress,
             icy_left: meta.icy_metaint.unwrap_or(0),
@@ -249,6 +266,13 @@ impl HttpReader {
             stream_title: Arc::default(),
             gauge,
         }))
+    }
+
+    /// Asks `renew` for a new request when the server refuses this one mid-way (403, 410: an
+    /// expired media URL), and carries on from the same position.
+    pub fn with_renewal(mut self, renew: Renew) -> Self {
+        self.renew = Some(renew);
+        self
     }
 
     /// How much of the body is buffered ahead of this reader.
@@ -268,12 +292,23 @@ impl HttpReader {
     /// Sends the request again from the same egress, at `from` (a range) or from the start.
     fn resend(&mut self, from: Option<u64>) -> io::Result<()> {
         self.body = None;
+        let from = from.or(self.request.chunk.map(|_| 0));
         let mut req = self.request.clone();
         req.from = from;
+        req.to = self.request.chunk.zip(from).map(|(chunk, from)| from + chunk.max(1) - 1);
         req.icy = from.is_none() && self.meta.icy_metaint.is_some();
         let net = self.net.clone();
-        let egress = self.egress;
-        let res = net.runtime().block_on(async { net.send_via(&req, egress).await }).map_err(|f| io::Error::other(format!("{}: {}", f.message, f.cause)))?;
+        let mut res = net.runtime().block_on(async { net.send_via(&req, self.egress).await }).map_err(|f| io::Error::other(format!("{}: {}", f.message, f.cause)))?;
+        while matches!(res.status, 403 | 410) && self.renewals_left > 0 {
+            let Some(renew) = self.renew.as_mut() else { break };
+            self.renewals_left -= 1;
+            tracing::info!(status = res.status, "the media address was refused; resolving the track again");
+            let fresh = renew().map_err(io::Error::other)?;
+            self.egress = Egress { local: fresh.local, proxied: false };
+            self.request = Request { chunk: self.request.chunk, deadline: self.request.deadline, ..fresh };
+            req = Request { from: req.from, to: req.to, icy: req.icy, ..self.request.clone() };
+            res = net.runtime().block_on(async { net.send_via(&req, self.egress).await }).map_err(|f| io::Error::other(format!("{}: {}", f.message, f.cause)))?;
+        }
         match (from, res.status) {
             (Some(_), 206) | (None, 200..=299) => {}
             (Some(_), 416) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "seek past the end of the resource")),
@@ -297,6 +332,10 @@ impl HttpReader {
         loop {
             let Some(body) = self.body.as_ref() else { return Ok(0) };
             match body.read(buf, self.request.deadline, &self.gauge) {
+                // The end of one chunk of a resource read in chunks: ask for the next.
+                Ok(0) if self.request.chunk.is_some() && self.meta.length.is_some_and(|len| self.pos < len) => {
+                    self.resend(Some(self.pos))?;
+                }
                 Ok(n) => {
                     self.charge(n)?;
                     return Ok(n);

@@ -28,6 +28,12 @@ const HEAD_LEN: usize = 64 * 1024;
 const MAX_RADIO_ATTEMPTS: usize = 5;
 const UNKNOWN_TITLE: &str = "Unknown title";
 const UNKNOWN_ARTIST: &str = "Unknown artist";
+/// Sources whose tracks the gateway's resolver (yt-dlp) finds the media of at play time.
+pub const PLATFORMS: &[&str] = &["youtube", "soundcloud", "bandcamp", "twitch", "vimeo", "yt-dlp"];
+/// Platform media is read in ranged requests of this size: YouTube throttles or cuts longer ones.
+const PLATFORM_CHUNK: u64 = 10 << 20;
+/// The longest pre-roll (`available_at`) a track waits out before playing.
+const MAX_PREROLL: Duration = Duration::from_secs(60);
 
 /// Why a load failed, as Lavalink's exception object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,25 +182,23 @@ pub struct Media {
 /// from its first bytes, and a symphonia reader over it.
 pub fn open_for_playback(track: &TrackData, settings: &crate::Settings, net: &Net) -> Result<Media, LoadFailure> {
     let location = track.info.uri.clone().unwrap_or_else(|| track.info.identifier.clone());
-    let (source, head, gauge): (Box<dyn MediaSource>, Vec<u8>, _) = match track.info.source_name.as_str() {
+    match track.info.source_name.as_str() {
         "http" => {
             // Playback reads the whole stream: no deadline, only the timeouts of each request.
-            let mut reader = net
-                .open(Request::new(&location, Via::HttpSource), u64::MAX)?
+            let request = Request::new(&location, Via::HttpSource);
+            let reader = net
+                .open(request.clone(), u64::MAX)?
                 .ok_or_else(|| LoadFailure::common("That URL is not playable.", "Status code 404".into()))?;
-            let head = read_head(&mut reader, HEAD_LEN)?;
-            if container::detect(&head) == Some(Container::M3u) {
-                let final_url = reader.meta().final_url.clone();
-                let text = read_playlist(reader, head)?;
-                if !hls::is_hls(&text) {
-                    return Err(LoadFailure::common("Unknown file format.", "a playlist is not a track".into()));
-                }
-                let format = hls::HlsFormat::open(&final_url, &text, net, None)?;
-                let gauge = Some(format.gauge());
-                return Ok(Media { format: Box::new(format), container: Container::Hls, gauge });
-            }
-            let gauge = reader.gauge();
-            (Box::new(Rewind::new(reader, head.clone())), head, Some(gauge))
+            open_reader(reader, net, &request)
+        }
+        name if PLATFORMS.contains(&name) => {
+            let request = resolve(&track.info, net)?;
+            let (info, renewing) = (track.info.clone(), net.clone());
+            let reader = net
+                .open(request.clone(), u64::MAX)?
+                .ok_or_else(|| LoadFailure::common("The track is not available.", "its media answered 404".into()))?
+                .with_renewal(Box::new(move || resolve(&info, &renewing)));
+            open_reader(reader, net, &request)
         }
         "local" => {
             let path = allowed_local_path(&location, settings)?
@@ -202,18 +206,56 @@ pub fn open_for_playback(track: &TrackData, settings: &crate::Settings, net: &Ne
             let mut file = std::fs::File::open(&path)
                 .map_err(|e| LoadFailure::suspicious("Failed to open file for reading.", e.to_string()))?;
             let head = read_head(&mut file, HEAD_LEN)?;
-            (Box::new(Rewind::new(file, head.clone())), head, None)
+            let container = container::detect(&head).filter(|c| !c.is_playlist()).ok_or_else(|| unknown_format(&head))?;
+            let (format, _) = probe::open_format(Box::new(Rewind::new(file, head)), container)?;
+            Ok(Media { format, container, gauge: None })
         }
-        other => {
-            return Err(LoadFailure::common(
-                "This track's source is not available on this node.",
-                format!("Caldera cannot play tracks from the `{other}` source"),
-            ))
+        other => Err(LoadFailure::common(
+            "This track's source is not available on this node.",
+            format!("Caldera cannot play tracks from the `{other}` source"),
+        )),
+    }
+}
+
+/// A network source opened for playback: an HLS playlist (known by its content) or media, every
+/// further request made like `like`.
+fn open_reader(mut reader: crate::net::HttpReader, net: &Net, like: &Request) -> Result<Media, LoadFailure> {
+    let head = read_head(&mut reader, HEAD_LEN)?;
+    if container::detect(&head) == Some(Container::M3u) {
+        let final_url = reader.meta().final_url.clone();
+        let text = read_playlist(reader, head)?;
+        if !hls::is_hls(&text) {
+            return Err(LoadFailure::common("Unknown file format.", "a playlist is not a track".into()));
         }
-    };
+        let format = hls::HlsFormat::open(&final_url, &text, net, None, like)?;
+        let gauge = Some(format.gauge());
+        return Ok(Media { format: Box::new(format), container: Container::Hls, gauge });
+    }
+    let gauge = Some(reader.gauge());
     let container = container::detect(&head).filter(|c| !c.is_playlist()).ok_or_else(|| unknown_format(&head))?;
-    let (format, _) = probe::open_format(source, container)?;
+    let (format, _) = probe::open_format(Box::new(Rewind::new(reader, head)), container)?;
     Ok(Media { format, container, gauge })
+}
+
+/// Has the gateway's resolver find a platform track's media again (addresses expire and are
+/// bound to the address that resolved them), waits out its pre-roll, and gives the request that
+/// fetches it.
+fn resolve(info: &TrackInfo, net: &Net) -> Result<Request, LoadFailure> {
+    let (stream, local) = net.runtime().block_on(net.resolve(info))?;
+    if let Some(at) = stream.available_at_ms {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let wait = Duration::from_millis(at.saturating_sub(now).max(0) as u64);
+        if wait > MAX_PREROLL {
+            return Err(LoadFailure::common("The track is not available yet.", format!("its media is available in {} s", wait.as_secs())));
+        }
+        std::thread::sleep(wait);
+    }
+    Ok(Request {
+        headers: stream.headers,
+        local,
+        chunk: (!stream.hls && !stream.is_live).then_some(PLATFORM_CHUNK),
+        ..Request::new(&stream.url, Via::Platform)
+    })
 }
 
 /// The resolved path of a local file the settings allow; `None` if it is not a file.
@@ -244,7 +286,7 @@ fn track(info: TrackInfo, container: Container) -> Result<Loaded, LoadFailure> {
 /// An HLS stream: VOD has a length and seeks, live is a stream. Opening it fetches its first
 /// segment, so a stream that cannot play fails here.
 fn load_hls(url: &str, final_url: &str, text: &str, net: &Net, deadline: Instant) -> Result<Loaded, LoadFailure> {
-    let format = hls::HlsFormat::open(final_url, text, net, Some(deadline))?;
+    let format = hls::HlsFormat::open(final_url, text, net, Some(deadline), &Request::new(final_url, Via::HttpSource))?;
     let codec = format.tracks().first().map_or(symphonia::core::codecs::CODEC_TYPE_NULL, |t| t.codec_params.codec);
     if codec != symphonia::core::codecs::CODEC_TYPE_OPUS && symphonia::default::get_codecs().get_codec(codec).is_none() {
         return Err(LoadFailure::common("The track's audio format is not supported.", format!("HLS audio with codec {codec}")));

@@ -4,7 +4,7 @@
 
 use super::playlist::{self, ByteRange, Media, Segment};
 use super::ts;
-use crate::net::{Gauge, Net, Request, Via};
+use crate::net::{Gauge, Net, Request};
 use crate::sources::container::{self, Container};
 use crate::sources::LoadFailure;
 use std::collections::VecDeque;
@@ -157,11 +157,12 @@ impl Drop for Guard {
     }
 }
 
-/// Starts fetching `media` (fetched from `url`) at segment `first`.
-pub fn start(net: &Net, url: String, media: Media, first: usize) -> (Arc<Shared>, tokio::task::JoinHandle<()>) {
+/// Starts fetching `media` (fetched from `url`) at segment `first`; every request is made like
+/// `base` (its path, headers and egress).
+pub fn start(net: &Net, base: &Request, url: String, media: Media, first: usize) -> (Arc<Shared>, tokio::task::JoinHandle<()>) {
     let shared = Arc::new(Shared { queue: Mutex::default(), arrived: Condvar::new(), wanted: Notify::new(), gauge: Gauge::new(1) });
     let next = media.segments.get(first).map_or(media.media_sequence, |s| s.sequence);
-    let fetcher = Fetcher { net: net.clone(), url, media, next, keys: Vec::new(), init: None, reloaded: Instant::now(), advanced: Instant::now() };
+    let fetcher = Fetcher { net: net.clone(), base: base.clone(), url, media, next, keys: Vec::new(), init: None, reloaded: Instant::now(), advanced: Instant::now() };
     let guard = Guard(shared.clone());
     let task = net.runtime().spawn(async move {
         fetcher.run(&guard.0).await;
@@ -171,6 +172,8 @@ pub fn start(net: &Net, url: String, media: Media, first: usize) -> (Arc<Shared>
 
 struct Fetcher {
     net: Net,
+    /// What every request copies besides its URL and range.
+    base: Request,
     /// The media playlist's URL (reloaded for live streams).
     url: String,
     media: Media,
@@ -318,7 +321,7 @@ impl Fetcher {
 
     /// One resource, retried a few times (a segment that still fails fails the track).
     async fn get(&self, uri: &str, range: Option<ByteRange>, limit: usize, what: &str) -> Result<Vec<u8>, LoadFailure> {
-        let mut request = Request::new(uri, Via::HttpSource);
+        let mut request = Request { url: uri.to_string(), from: None, to: None, deadline: None, ..self.base.clone() };
         if let Some(r) = range {
             request.from = Some(r.offset);
             request.to = Some(r.offset + r.len.max(1) - 1);

@@ -17,7 +17,7 @@ mod ts;
 pub use playlist::is_hls;
 
 use super::LoadFailure;
-use crate::net::{Gauge, Net, Request, Via};
+use crate::net::{Gauge, Net, Request};
 use fetch::{Fetched, Kind, Shared};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -67,15 +67,16 @@ struct SegmentReader {
 impl HlsFormat {
     /// Opens the stream of a playlist already fetched from `url` (a master or media playlist):
     /// fetches the media playlist a master points to, starts the segment fetching and waits for
-    /// the first segment to learn the codec. Blocking.
-    pub fn open(url: &str, text: &str, net: &Net, deadline: Option<Instant>) -> Result<Self, LoadFailure> {
+    /// the first segment to learn the codec. Every request is made like `like` (its path,
+    /// headers and egress). Blocking.
+    pub fn open(url: &str, text: &str, net: &Net, deadline: Option<Instant>, like: &Request) -> Result<Self, LoadFailure> {
         let deadline = deadline.unwrap_or_else(|| Instant::now() + OPEN_TIMEOUT);
         let base = url::Url::parse(url).map_err(|e| LoadFailure::common("Not a valid URL.", e.to_string()))?;
         let (media_url, media) = match playlist::parse(text, &base)? {
             playlist::Playlist::Media(m) => (url.to_string(), m),
             playlist::Playlist::Master(master) => {
                 let chosen = playlist::choose(&master).to_string();
-                let request = Request { deadline: Some(deadline), ..Request::new(&chosen, Via::HttpSource) };
+                let request = Request { url: chosen.clone(), from: None, to: None, deadline: Some(deadline), ..like.clone() };
                 let (bytes, final_url) = net.runtime().block_on(net.fetch(&request, MAX_PLAYLIST_BYTES))?;
                 let base = url::Url::parse(&final_url).map_err(|e| LoadFailure::common("Not a valid URL.", e.to_string()))?;
                 match playlist::parse(&String::from_utf8_lossy(&bytes), &base)? {
@@ -102,7 +103,7 @@ impl HlsFormat {
             (Some(starts.collect()), Some(media.length_ms()))
         };
         let first = if live { playlist::live_start(&media) } else { 0 };
-        let (shared, task) = fetch::start(net, media_url, media, first);
+        let (shared, task) = fetch::start(net, like, media_url, media, first);
         let mut format = Self {
             shared,
             task,
