@@ -10,6 +10,10 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 const SECONDS: u32 = 12;
+/// The longest silence allowed inside a track's audio at the double. A segment boundary that
+/// stalls the stream leaves far more; a loaded 2-core CI machine delays single packets by up to
+/// ~50 ms, which is not the stream's doing (packet counts check that nothing is missing).
+const MAX_GAP: Duration = Duration::from_millis(100);
 
 fn sine(freq: u32, seconds: u32) -> Vec<String> {
     vec!["-f".into(), "lavfi".into(), "-i".into(), format!("sine=frequency={freq}:sample_rate=44100:duration={seconds}")]
@@ -85,7 +89,7 @@ fn vod_playlists_of_every_segment_kind_play_through_and_finish() {
         // The whole length is heard, segment after segment, with no gap at their boundaries.
         let expected = length as usize / 20;
         assert!(tone.packets().abs_diff(expected) <= 15, "{name}: {} audible packets of {expected}", tone.packets());
-        assert!(gap < Duration::from_millis(40), "{name}: a gap of {gap:?}");
+        assert!(gap < MAX_GAP, "{name}: a gap of {gap:?}");
         let f = tone.dominant_frequency();
         assert!((f - freq as f64).abs() < freq as f64 * 0.02, "{name}: {f:.1} Hz, expected {freq}");
         assert!(rig.session.messages().iter().all(|m| m["type"] != "TrackExceptionEvent" || m["guildId"] != guild.to_string()), "{name}");
@@ -124,7 +128,7 @@ fn a_master_playlist_plays_its_best_audio_variant_and_an_aes_playlist_plays() {
     assert_eq!(end["reason"], "finished", "{end}");
     let (tone, gap) = heard(&conn);
     assert!(tone.packets().abs_diff(400) <= 15, "{} audible packets of 400", tone.packets());
-    assert!(gap < Duration::from_millis(40), "a gap of {gap:?}");
+    assert!(gap < MAX_GAP, "a gap of {gap:?}");
     assert!((tone.dominant_frequency() - 520.0).abs() < 10.0);
     // Fetched once, not once per segment.
     assert_eq!(rig.media.hits("/aes/aes.key").len(), 2, "one load, one play");
@@ -194,7 +198,7 @@ fn a_live_playlist_plays_continuously_and_follows_its_edge() {
     });
     let audio = conn.audio();
     let steady = audio.slice(Duration::ZERO, Duration::from_secs(30));
-    assert!(steady.max_gap() < Duration::from_millis(40), "a gap of {:?}", steady.max_gap());
+    assert!(steady.max_gap() < MAX_GAP, "a gap of {:?}", steady.max_gap());
     assert!(steady.non_silent().packets() >= 1480, "{} audible packets in 30 s", steady.non_silent().packets());
     assert!((steady.non_silent().dominant_frequency() - 600.0).abs() < 10.0);
     // It started three target durations from the end of the first window (segment 3), not at
@@ -311,7 +315,7 @@ fn fmp4_opus_segments_pass_through_untouched() {
     let (tone, gap) = heard(&conn);
     let same = tone.frames().iter().filter(|f| source.contains(&*f.opus)).count();
     assert!(tone.packets() >= 390 && same == tone.packets(), "{same} of {} audible frames were the source's own", tone.packets());
-    assert!(gap < Duration::from_millis(40), "a gap of {gap:?}");
+    assert!(gap < MAX_GAP, "a gap of {gap:?}");
     assert!((tone.dominant_frequency() - 440.0).abs() < 9.0);
 }
 

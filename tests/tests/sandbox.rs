@@ -19,8 +19,12 @@ fn probes<S: AsRef<str>>(lines: &[S]) -> HashMap<String, String> {
         .collect()
 }
 
+/// Probes in a process of its own; it may try to reach an abstract socket this test listens on.
 fn standalone(mode: &str) -> HashMap<String, String> {
-    let out = Command::new(bin("probe-worker")).args(["--standalone", mode]).output().unwrap();
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("caldera-probe-{}-{mode}", std::process::id());
+    let _listener = std::os::unix::net::UnixListener::bind_addr(&std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap()).unwrap();
+    let out = Command::new(bin("probe-worker")).args(["--standalone", mode]).env("CALDERA_PROBE_ABSTRACT", &name).output().unwrap();
     let text = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(out.status.success(), "probe-worker failed: {text}");
     probes(&text.lines().collect::<Vec<_>>())
@@ -35,6 +39,19 @@ fn assert_strict(p: &HashMap<String, String>) {
     assert_eq!(p["NoNewPrivs"], "1");
     assert_eq!(p["Seccomp"], "2");
     assert_eq!(p["landlock"], "FullyEnforced", "this kernel supports landlock; a degraded one would say so");
+    assert_signals_contained(p);
+    // kill(-1) is refused by seccomp itself (landlock alone makes every target fail, which
+    // kill(2) reports as success for -1).
+    assert_eq!(p["kill_all"], "refused:1", "{p:?}");
+}
+
+/// A worker signals only itself: not its parent (the gateway), not init, not through a pidfd
+/// (seccomp refuses with EPERM, and landlock's scope on kernels with ABI 6).
+fn assert_signals_contained(p: &HashMap<String, String>) {
+    assert_eq!(p["kill_self"], "allowed", "{p:?}");
+    for probe in ["kill_parent", "kill_init", "pidfd_signal"] {
+        assert!(p[probe].starts_with("refused:"), "{probe}: {p:?}");
+    }
 }
 
 #[test]
@@ -48,6 +65,7 @@ fn inside_a_worker_the_gateway_spawned_exec_writes_and_secrets_are_refused() {
     assert_eq!(p["pid"], pid, "the probes ran in the worker the gateway spawned");
     assert_strict(&p);
     // It is a real worker, confined as it probed: it loads a track.
+    assert_eq!(node.get("/version").status(), 200, "the gateway is unaffected");
     let media = TestServer::start();
     media.route("/t.wav", Route::file(sine_wav(440.0, 0.5, 48_000, 2, 0.5), "audio/wav"));
     assert_eq!(node.load(&media.url("/t.wav"))["loadType"], "track");
@@ -55,13 +73,37 @@ fn inside_a_worker_the_gateway_spawned_exec_writes_and_secrets_are_refused() {
 
 #[test]
 fn strict_relaxed_and_off() {
-    assert_strict(&standalone("strict"));
+    let p = standalone("strict");
+    assert_strict(&p);
+    assert!(p["abstract_socket"].starts_with("refused:"), "{p:?}");
     let p = standalone("relaxed");
     assert_eq!(p["Seccomp"], "0");
     assert_eq!(p["NoNewPrivs"], "1");
     assert!(p["shadow"].starts_with("refused:"), "landlock stays on: {p:?}");
     assert_eq!(p["hosts"], "allowed");
+    // Without seccomp, landlock's scope (this kernel has ABI 6) still contains signals and
+    // abstract sockets.
+    assert_signals_contained(&p);
+    assert!(p["abstract_socket"].starts_with("refused:"), "{p:?}");
     let p = standalone("off");
+    assert_eq!((p["kill_parent"].as_str(), p["abstract_socket"].as_str()), ("allowed", "allowed"), "off confines nothing: {p:?}");
     assert_eq!(p["NoNewPrivs"], "0");
     assert_eq!(p["Seccomp"], "0");
+}
+
+#[test]
+fn workers_cannot_signal_their_siblings() {
+    let yaml = format!("caldera:\n  workers: 2\n  workerBinary: {}\n", bin("probe-worker").display());
+    let node = Node::start_with(NodeOptions { workers: 2, yaml, ..Default::default() });
+    assert!(node.logs.wait_for("workers ready workers=2", Duration::from_secs(20)).is_some());
+    let pids = caldera_tests::procfs::live_children(node.pid(), "probe-worker");
+    assert_eq!(pids.len(), 2);
+    // The second worker to start probes the first (a live sibling): refused.
+    assert!(node.logs.wait_count("PROBE kill_sibling=", 2, Duration::from_secs(10)));
+    let tried: Vec<String> = node.logs.lines_containing("PROBE kill_sibling=").into_iter().filter(|l| !l.contains("untried")).collect();
+    assert!(!tried.is_empty(), "a worker found its sibling");
+    assert!(tried.iter().all(|l| l.contains("refused:1")), "{tried:?}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(caldera_tests::procfs::live_children(node.pid(), "probe-worker"), pids, "both workers live on");
+    assert_eq!(node.get("/version").status(), 200);
 }

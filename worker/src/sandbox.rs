@@ -1,7 +1,9 @@
 //! The worker's sandbox (STYLE §6), applied at start before the runtime starts any thread, in
 //! this order: stray file descriptors closed, rlimits, landlock (read-only access to what the
-//! worker needs, writes nowhere), `PR_SET_NO_NEW_PRIVS`, seccomp last (a deny-list: exec,
-//! ptrace, mounts, bpf, kexec, kernel modules, the setuid family, raw and packet sockets).
+//! worker needs, writes nowhere; signals and abstract sockets scoped to the worker where the kernel
+//! has landlock ABI 6), `PR_SET_NO_NEW_PRIVS`, seccomp last (a deny-list: exec, ptrace, mounts,
+//! bpf, kexec, kernel modules, the setuid family, raw and packet sockets, signals to any process
+//! but itself, pidfds).
 //! What could be enforced is logged; where the kernel lacks a feature the worker degrades and
 //! says so. Modes (`caldera.worker.sandbox`): `strict` (all), `relaxed` (no seccomp), `off`.
 
@@ -174,10 +176,18 @@ fn rlimits() -> Result<(), SandboxError> {
 }
 
 fn landlock(allowed: &Access) -> Result<String, SandboxError> {
-    use landlock::{Access as _, AccessFs, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr, ABI};
+    use landlock::{Access as _, AccessFs, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr, Scope, ABI};
     let abi = ABI::V3;
     let err = |e: &dyn std::fmt::Display| SandboxError::Landlock(e.to_string());
-    let mut ruleset = Ruleset::default().handle_access(AccessFs::from_all(abi)).map_err(|e| err(&e))?.create().map_err(|e| err(&e))?;
+    // Where the kernel has ABI 6: no signals to processes outside this sandbox (the gateway,
+    // sibling workers) and no abstract Unix sockets outside it. Older kernels skip it.
+    let mut ruleset = Ruleset::default()
+        .handle_access(AccessFs::from_all(abi))
+        .map_err(|e| err(&e))?
+        .scope(Scope::Signal | Scope::AbstractUnixSocket)
+        .map_err(|e| err(&e))?
+        .create()
+        .map_err(|e| err(&e))?;
     let read = AccessFs::from_read(abi) & !AccessFs::Execute;
     let rules = allowed
         .read
@@ -236,6 +246,20 @@ fn seccomp(allow_exec: bool) -> Result<(), SandboxError> {
     let exec = [i64::from(libc::SYS_execve), i64::from(libc::SYS_execveat)];
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         denied.iter().map(|nr| i64::from(*nr)).filter(|nr| !(allow_exec && exec.contains(nr))).map(|nr| (nr, Vec::new())).collect();
+    if !allow_exec {
+        // A worker signals only itself (its threads included): kill, tgkill and the sigqueue
+        // calls are refused for any other target (a group, -1, the gateway, a sibling); tkill
+        // (any thread id) and pidfds are refused outright. A program that runs children (the
+        // resolver) relies on landlock's signal scope instead.
+        let own = std::process::id();
+        let not_own = SeccompRule::new(vec![SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, u64::from(own)).map_err(|e| err(&e))?]).map_err(|e| err(&e))?;
+        for nr in [libc::SYS_kill, libc::SYS_tgkill, libc::SYS_rt_sigqueueinfo, libc::SYS_rt_tgsigqueueinfo] {
+            rules.insert(i64::from(nr), vec![not_own.clone()]);
+        }
+        for nr in [libc::SYS_tkill, libc::SYS_pidfd_open, libc::SYS_pidfd_send_signal, libc::SYS_pidfd_getfd] {
+            rules.insert(i64::from(nr), Vec::new());
+        }
+    }
     // socket(AF_PACKET, ..) and socket(.., SOCK_RAW | flags, ..)
     let packet = SeccompRule::new(vec![SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, 17).map_err(|e| err(&e))?]).map_err(|e| err(&e))?;
     let raw = SeccompRule::new(vec![SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::MaskedEq(0xf), 3).map_err(|e| err(&e))?]).map_err(|e| err(&e))?;

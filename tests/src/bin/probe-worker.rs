@@ -19,6 +19,41 @@ fn probe(report: &Report) {
     let shadow = std::fs::read("/etc/shadow").map(|_| ());
     let hosts = std::fs::read("/etc/hosts").map(|_| ());
     let packet = socket(AddressFamily::Packet, SockType::Raw, SockFlag::empty(), None).map(drop).map_err(std::io::Error::from);
+    // Signals (0: permission is checked, nothing is delivered): itself, its parent (the gateway),
+    // everyone, and through a pidfd.
+    let signal = |pid: i32| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).map_err(std::io::Error::from);
+    let kill_self = signal(std::process::id() as i32);
+    let kill_parent = signal(nix::unistd::getppid().as_raw());
+    let kill_all = signal(-1);
+    let kill_init = signal(1);
+    // A sibling: another child of the same parent (another worker, when the gateway runs two).
+    let parent = nix::unistd::getppid().as_raw();
+    let sibling = std::fs::read_dir("/proc").into_iter().flatten().flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let ppid: i32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+        (ppid == parent && pid != std::process::id() as i32).then_some(pid)
+    });
+    let kill_sibling = sibling.map(signal);
+    // SAFETY: raw syscalls with integer arguments; the descriptor returned is closed.
+    let pidfd = unsafe {
+        let fd = libc::syscall(libc::SYS_pidfd_open, nix::unistd::getppid().as_raw(), 0);
+        if fd < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            let sent = libc::syscall(libc::SYS_pidfd_send_signal, fd, 0, std::ptr::null::<libc::siginfo_t>(), 0);
+            let result = if sent < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) };
+            libc::close(fd as i32);
+            result
+        }
+    };
+    // An abstract Unix socket the test listens on outside the sandbox, when it names one.
+    let abstract_socket = std::env::var("CALDERA_PROBE_ABSTRACT").ok().map(|name| {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+            .and_then(|addr| std::os::unix::net::UnixStream::connect_addr(&addr))
+            .map(drop)
+    });
     // The sandbox is per thread (inherited by threads started later): this one's status counts.
     let status = std::fs::read_to_string("/proc/thread-self/status").unwrap_or_default();
     let field = |key: &str| status.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)).unwrap_or("?").to_string();
@@ -29,6 +64,13 @@ fn probe(report: &Report) {
         ("shadow", outcome(shadow)),
         ("hosts", outcome(hosts)),
         ("packet_socket", outcome(packet)),
+        ("kill_self", outcome(kill_self)),
+        ("kill_parent", outcome(kill_parent)),
+        ("kill_all", outcome(kill_all)),
+        ("kill_init", outcome(kill_init)),
+        ("kill_sibling", kill_sibling.map_or("untried".into(), outcome)),
+        ("pidfd_signal", outcome(pidfd)),
+        ("abstract_socket", abstract_socket.map_or("untried".into(), outcome)),
         ("NoNewPrivs", field("NoNewPrivs:")),
         ("Seccomp", field("Seccomp:")),
         ("pid", std::process::id().to_string()),
