@@ -100,6 +100,9 @@ pub struct WorkerSettings {
     pub http: HttpSettings,
     /// How audio is produced.
     pub audio: AudioSettings,
+    /// Sources whose tracks this worker may load and play (`http`, `local`, the platforms);
+    /// a track of another names a switched-off source, whatever the gateway let through.
+    pub sources: Vec<String>,
 }
 
 /// Lavalink's audio keys, as the worker applies them.

@@ -38,6 +38,7 @@ fn settings() -> WorkerSettings {
         route_planner: Some(RoutePlanning { retry_limit: Some(6) }),
         http: HttpSettings { connect_timeout_ms: 3000, response_timeout_ms: 3000, read_timeout_ms: 3000, proxy: Some(Proxy { url: "http://p:1".into(), user: Some("u".into()), password: None }) },
         audio: AudioSettings { buffer_ms: 400, frame_buffer_ms: 5000, opus_quality: 10, resampling: ResamplingQuality::Low },
+        sources: vec!["http".into()],
     }
 }
 
@@ -173,7 +174,7 @@ const TO_WORKER: &[(&str, &str)] = &[
     ("Hello", "000301620102"),
     ("Ping", "0109"),
     ("Shutdown", "020172"),
-    ("Configure", "030102030405010106b817b817b817010a687474703a2f2f703a3101017500900388270a00"),
+    ("Configure", "030102030405010106b817b817b817010a687474703a2f2f703a3101017500900388270a00010468747470"),
     ("Load/Http", "0401000168"),
     ("Load/Local", "040201022f70"),
     ("Player/Create", "0507000102"),

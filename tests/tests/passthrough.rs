@@ -111,9 +111,13 @@ fn a_filter_or_a_volume_change_moves_to_pcm_on_the_next_frames_and_back() {
     let drop = level(&loud) - level(&quiet);
     assert!((4.5..=7.5).contains(&drop), "volume 50 was {drop:.1} dB quieter");
 
-    // No gap over 40 ms through every switch.
+    // No gap through every switch: every 20 ms of the RTP timeline carries audible audio (a
+    // switch that lost audio leaves a silence frame, a quiet frame or a skipped sequence number),
+    // and delivery never pauses for long (the bound allows a loaded machine's scheduling jitter).
     let all = between(&conn, on - Duration::from_millis(200), Instant::now());
-    assert!(all.max_gap() <= Duration::from_millis(40), "a gap of {:?} across the switches", all.max_gap());
+    assert_eq!((all.seq_gaps(), all.silence_frames()), (0, 0), "frames lost across the switches");
+    assert_eq!(all.non_silent().packets(), all.packets(), "a quiet frame across the switches");
+    assert!(all.max_gap() <= Duration::from_millis(100), "a pause of {:?} across the switches", all.max_gap());
 }
 
 #[test]

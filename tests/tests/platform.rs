@@ -189,10 +189,10 @@ fn switched_off_platforms_neither_load_nor_play() {
     for identifier in ["ytsearch:x", "scsearch:x"] {
         assert_eq!(rig.node.load(identifier)["loadType"], "empty", "{identifier}");
     }
-    play_encoded(&rig, 9501, LAVALINK_YOUTUBE_TRACK);
-    let (_, exception) = rig.session.wait_event("TrackExceptionEvent", 9501, Duration::from_secs(20)).expect("a TrackExceptionEvent");
-    assert!(exception["exception"]["message"].as_str().is_some_and(|m| m.contains("disabled")), "{exception}");
-    assert_eq!(rig.ended(9501, Duration::from_secs(10)).1["reason"], "loadFailed");
+    // A track encoded elsewhere does not bring the source back.
+    let (status, body) = rig.session.patch(9501, json!({"voice": rig.voice_state(9501), "track": {"encoded": LAVALINK_YOUTUBE_TRACK}}));
+    assert_eq!(status, 400, "{body}");
+    assert!(body["message"].as_str().is_some_and(|m| m.contains("`youtube` is disabled")), "{body}");
 }
 
 /// A node whose resolver is the misbehaving `fake-resolver` in `mode`.

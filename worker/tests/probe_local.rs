@@ -20,6 +20,7 @@ fn settings(dir: &Path) -> Settings {
         route_planner: None,
         http: HttpSettings { connect_timeout_ms: 3000, response_timeout_ms: 3000, read_timeout_ms: 3000, proxy: None },
         audio: AudioSettings { buffer_ms: 400, frame_buffer_ms: 5000, opus_quality: 10, resampling: ResamplingQuality::Low },
+        sources: vec!["http".into(), "local".into()],
     };
     Settings { ipc, local_dirs: vec![dir.display().to_string()].into() }
 }
@@ -112,4 +113,18 @@ fn broken_files_are_clean_errors() {
             other => panic!("{name}: {other:?}"),
         }
     }
+}
+
+#[test]
+fn switched_off_sources_are_refused_by_the_worker_too() {
+    let dir = fixtures();
+    let mut only_http = settings(&dir);
+    only_http.ipc.sources = vec!["http".into()];
+    let path = dir.join("sine440.mp3").display().to_string();
+    let LoadResult::Error(e) = load_with(&LoadRequest::Local { path }, &only_http) else { panic!("a local load with `local` off") };
+    assert_eq!(e.message, "This track's source is disabled on this node.");
+    let mut nothing = settings(&dir);
+    nothing.ipc.sources = Vec::new();
+    let LoadResult::Error(e) = load_with(&LoadRequest::Http { url: "http://127.0.0.1:9/x.mp3".into() }, &nothing) else { panic!("an http load with `http` off") };
+    assert!(e.cause.contains("`http`"), "{e:?}");
 }

@@ -313,6 +313,16 @@ impl Settings {
         })
     }
 
+    /// Source names whose tracks may load and play: the switches that are on, and `yt-dlp`
+    /// (tracks from yt-dlp's other sites) with `http`.
+    pub fn enabled_sources(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.sources.enabled().into_iter().map(String::from).collect();
+        if self.sources.http {
+            names.push("yt-dlp".into());
+        }
+        names
+    }
+
     /// What every worker is told after its hello.
     pub fn worker_settings(&self) -> caldera_protocol::WorkerSettings {
         caldera_protocol::WorkerSettings {
@@ -324,6 +334,7 @@ impl Settings {
             route_planner: self.route_planner.as_ref().map(|r| caldera_protocol::RoutePlanning { retry_limit: r.retry_limit }),
             http: self.http.clone(),
             audio: self.audio,
+            sources: self.enabled_sources(),
         }
     }
 }

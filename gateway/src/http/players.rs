@@ -2,6 +2,7 @@
 
 use super::error::ApiError;
 use super::AppState;
+use crate::supervisor::sources::is_disabled;
 use crate::players::{PlayerError, PlayerUpdate, Resolved, TrackChange, TrackRequest};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -76,6 +77,10 @@ pub async fn update_player(
         TrackRequest::Stop => TrackChange::Stop,
         TrackRequest::Encoded(encoded) => {
             let data = TrackData::decode(&encoded).map_err(|e| ApiError::bad_request(format!("Failed to decode track: {e}")))?;
+            // A track encoded elsewhere must not bring back a source the configuration turned off.
+            if is_disabled(&data.info.source_name, &state.node.settings) {
+                return Err(ApiError::bad_request(format!("The track's source `{}` is disabled on this node", data.info.source_name)));
+            }
             TrackChange::Play { data: Box::new(data), encoded }
         }
         TrackRequest::Identifier(identifier) => {

@@ -61,6 +61,13 @@ pub fn classify(identifier: &str, settings: &Settings, resolver: bool) -> Option
     None
 }
 
+/// Whether a track names a source Caldera knows but the configuration switched off (a track
+/// encoded elsewhere may name any source; unknown ones fail when they play).
+pub fn is_disabled(source_name: &str, settings: &Settings) -> bool {
+    let known = matches!(source_name, "http" | "local") || Family::of_source(source_name).is_some();
+    known && !settings.enabled_sources().iter().any(|s| s == source_name)
+}
+
 impl Supervisor {
     /// Loads an identifier from whichever source takes it (`Empty` when none does).
     pub async fn load_identifier(&self, identifier: &str, settings: &Settings) -> LoadResult {

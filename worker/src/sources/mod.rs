@@ -94,8 +94,8 @@ enum Loaded {
 pub fn load(request: &LoadRequest, settings: &crate::Settings, net: &Net) -> LoadResult {
     let deadline = Instant::now() + Duration::from_millis(settings.load_timeout_ms);
     let result = match request {
-        LoadRequest::Http { url } => load_http(url, settings, net, deadline, true),
-        LoadRequest::Local { path } => load_local(path, settings),
+        LoadRequest::Http { url } => allowed("http", settings).and_then(|()| load_http(url, settings, net, deadline, true)),
+        LoadRequest::Local { path } => allowed("local", settings).and_then(|()| load_local(path, settings)),
     };
     match result {
         Ok(Loaded::Track(t)) => LoadResult::Track(t),
@@ -182,7 +182,11 @@ pub struct Media {
 /// from its first bytes, and a symphonia reader over it.
 pub fn open_for_playback(track: &TrackData, settings: &crate::Settings, net: &Net) -> Result<Media, LoadFailure> {
     let location = track.info.uri.clone().unwrap_or_else(|| track.info.identifier.clone());
-    match track.info.source_name.as_str() {
+    let source = track.info.source_name.as_str();
+    if source == "http" || source == "local" || PLATFORMS.contains(&source) {
+        allowed(source, settings)?;
+    }
+    match source {
         "http" => {
             // Playback reads the whole stream: no deadline, only the timeouts of each request.
             let request = Request::new(&location, Via::HttpSource);
@@ -215,6 +219,15 @@ pub fn open_for_playback(track: &TrackData, settings: &crate::Settings, net: &Ne
             format!("Caldera cannot play tracks from the `{other}` source"),
         )),
     }
+}
+
+/// The gateway's source switches, checked again here: a track encoded elsewhere (or a gateway
+/// bug) must not bring back a source the configuration turned off.
+fn allowed(source: &str, settings: &crate::Settings) -> Result<(), LoadFailure> {
+    if settings.sources.iter().any(|s| s == source) {
+        return Ok(());
+    }
+    Err(LoadFailure::common("This track's source is disabled on this node.", format!("lavalink.server.sources turns `{source}` off")))
 }
 
 /// A network source opened for playback: an HLS playlist (known by its content) or media, every
