@@ -74,6 +74,12 @@ fn local_source_refuses_paths_outside_allowed_dirs_and_reports_missing_files_as_
     std::fs::copy(dir.join("sine440.mp3"), &copy).unwrap();
     let LoadResult::Error(e) = load_file(&copy, &dir) else { panic!() };
     assert_eq!(e.severity, ExceptionSeverity::Common);
+    // The same answer whether or not the file exists, and no path in it: no existence oracle.
+    let LoadResult::Error(missing) = load_file(&other.path().join("missing.mp3"), &dir) else { panic!() };
+    assert_eq!(missing, e);
+    assert!(!e.cause.contains(other.path().to_str().unwrap()) && !e.message.contains('/'), "{e:?}");
+    let escape = format!("{}/../../../etc/hostname", dir.display());
+    assert!(matches!(load_with(&LoadRequest::Local { path: escape }, &settings(&dir)), LoadResult::Error(_)), "`..` out of the directory");
     // A symlink inside the allowed directory pointing outside it is refused too.
     let link_dir = tempfile::tempdir().unwrap();
     let link = link_dir.path().join("link.mp3");

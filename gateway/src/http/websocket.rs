@@ -41,8 +41,9 @@ pub async fn websocket(
         .filter(|id| *id != 0)
         .ok_or_else(|| ApiError::bad_request("Missing or invalid User-Id header"))?;
     let client_name = text("client-name").unwrap_or("unknown").chars().take(200).collect::<String>();
-    // A Session-Id of a resumable session resumes it; anything else opens a new session.
-    let claim = text("session-id").and_then(|id| state.node.sessions.claim(id).map(|generation| (id.to_string(), generation)));
+    // A Session-Id of a resumable session of this User-Id resumes it; anything else opens a new
+    // session.
+    let claim = text("session-id").and_then(|id| state.node.sessions.claim(id, user_id).map(|generation| (id.to_string(), generation)));
     let resumed = claim.is_some();
     let mut res = ws.on_upgrade(move |socket| run(state, socket, remote, user_id, client_name, claim));
     res.headers_mut().insert("session-resumed", HeaderValue::from_static(if resumed { "true" } else { "false" }));

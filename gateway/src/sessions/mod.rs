@@ -24,6 +24,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, info_span, warn, Instrument};
 
+/// The longest resume timeout a session keeps, in seconds (a year).
+pub const MAX_RESUME_TIMEOUT_S: u64 = 365 * 24 * 3600;
+
 /// Most messages queued for a disconnected session; beyond it the oldest are dropped.
 const MAX_QUEUED: usize = 10_000;
 /// Most bytes queued for a disconnected session; beyond it the oldest are dropped.
@@ -227,10 +230,11 @@ impl Sessions {
 
     /// Claims a disconnected, resumable session for a reconnecting client (the first wins).
     /// Returns the generation to attach with.
-    pub fn claim(&self, id: &str) -> Option<u64> {
+    pub fn claim(&self, id: &str, user_id: u64) -> Option<u64> {
         let mut t = self.lock();
         let s = t.sessions.get_mut(id)?;
-        if s.is_open() || s.claimed {
+        // Only the bot that owns a session resumes it (its players are that bot's voice).
+        if s.is_open() || s.claimed || s.user_id != user_id {
             return None;
         }
         s.claimed = true;
@@ -358,7 +362,8 @@ impl Sessions {
         }
     }
 
-    /// `PATCH /v4/sessions/{id}`: returns the resulting `(resuming, timeout)`.
+    /// `PATCH /v4/sessions/{id}`: returns the resulting `(resuming, timeout)`; timeouts past
+    /// [`MAX_RESUME_TIMEOUT_S`] are cut to it.
     pub fn configure(&self, id: &str, resuming: Option<bool>, timeout_s: Option<u64>) -> Option<(bool, u64)> {
         let mut t = self.lock();
         let s = t.sessions.get_mut(id)?;
@@ -366,7 +371,8 @@ impl Sessions {
             s.resuming = r;
         }
         if let Some(timeout) = timeout_s {
-            s.timeout_s = timeout;
+            // Far beyond any use, and far inside what times and timers can add up.
+            s.timeout_s = timeout.min(MAX_RESUME_TIMEOUT_S);
         }
         Some((s.resuming, s.timeout_s))
     }
@@ -455,7 +461,8 @@ mod tests {
         assert_eq!(view.queued, 1, "the message it could not take waits for the resume");
         // The old socket's own disconnect is stale now.
         sessions.disconnected(&a);
-        let generation = sessions.claim(&a.session_id).unwrap();
+        assert_eq!(sessions.claim(&a.session_id, 2), None, "another bot cannot resume it");
+        let generation = sessions.claim(&a.session_id, 1).unwrap();
         let b = sessions.attach(&a.session_id, generation, conn(), vec![update.clone()]).unwrap();
         let replay = drain(&b.outbox);
         assert_eq!(replay.len(), 3, "{replay:?}");

@@ -90,7 +90,8 @@ pub struct RuntimeDir {
 
 impl RuntimeDir {
     /// `$RUNTIME_DIRECTORY` (systemd), else `$XDG_RUNTIME_DIR`, else the temp dir; inside it a
-    /// fresh `caldera-<pid>-<random>` directory with mode 0700.
+    /// fresh `caldera-<pid>-<random>` directory with mode 0700. Directories a killed gateway of
+    /// ours left there (its pid gone) are removed first.
     pub fn create() -> std::io::Result<Self> {
         let base = ["RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR"]
             .iter()
@@ -98,6 +99,7 @@ impl RuntimeDir {
             .map(PathBuf::from)
             .find(|p| p.is_dir())
             .unwrap_or_else(std::env::temp_dir);
+        remove_stale(&base);
         let path = base.join(format!("caldera-{}-{}", std::process::id(), random_hex(4)));
         std::fs::DirBuilder::new().mode(0o700).create(&path)?;
         Ok(Self { path })
@@ -109,6 +111,24 @@ impl RuntimeDir {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// Removes `caldera-<pid>-<hex>` directories of this user whose gateway is gone (SIGKILL leaves
+/// them behind; nothing else does).
+fn remove_stale(base: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let uid = nix::unistd::getuid().as_raw();
+    let Ok(entries) = std::fs::read_dir(base) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("caldera-")).and_then(|n| n.split_once('-')).and_then(|(pid, _)| pid.parse::<u32>().ok()) else {
+            continue;
+        };
+        let ours = entry.metadata().is_ok_and(|m| m.is_dir() && m.uid() == uid);
+        if ours && !Path::new(&format!("/proc/{pid}")).exists() && std::fs::remove_dir_all(entry.path()).is_ok() {
+            tracing::info!(dir = %entry.path().display(), "removed the runtime directory of a gateway that is gone");
+        }
     }
 }
 

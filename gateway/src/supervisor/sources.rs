@@ -10,6 +10,9 @@ use std::time::Duration;
 
 /// Results a search asks yt-dlp for (YouTube's first page of results).
 const SEARCH_RESULTS: usize = 20;
+/// The longest identifier loaded (URLs past a few KiB are not links anyone shares); longer ones
+/// are refused without being echoed back.
+pub const MAX_IDENTIFIER_LEN: usize = 8192;
 /// Caldera's own prefix: any site yt-dlp supports (`ytdlp:https://...`).
 const YTDLP_PREFIX: &str = "ytdlp:";
 
@@ -71,6 +74,13 @@ pub fn is_disabled(source_name: &str, settings: &Settings) -> bool {
 impl Supervisor {
     /// Loads an identifier from whichever source takes it (`Empty` when none does).
     pub async fn load_identifier(&self, identifier: &str, settings: &Settings) -> LoadResult {
+        if identifier.len() > MAX_IDENTIFIER_LEN {
+            return LoadResult::Error(TrackException {
+                message: "The identifier is too long.".into(),
+                severity: ExceptionSeverity::Common,
+                cause: format!("{} bytes; at most {MAX_IDENTIFIER_LEN}", identifier.len()),
+            });
+        }
         let resolver = self.resolver();
         let Some(source) = classify(identifier, settings, resolver.is_some()) else { return LoadResult::Empty };
         // The worker enforces the load timeout itself; this one guards against a silent worker.

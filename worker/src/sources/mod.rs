@@ -271,21 +271,37 @@ fn resolve(info: &TrackInfo, net: &Net) -> Result<Request, LoadFailure> {
     })
 }
 
-/// The resolved path of a local file the settings allow; `None` if it is not a file.
+/// The resolved path of a local file the settings allow; `None` if it is not a file. Whether a
+/// path is allowed is decided on the path as given (`.` and `..` taken lexically) before the file
+/// system is asked, so the answer for a path outside the allowed directories says nothing about
+/// what is there; a symlink inside them that leads out is refused too.
 fn allowed_local_path(path: &str, settings: &crate::Settings) -> Result<Option<std::path::PathBuf>, LoadFailure> {
+    use std::path::Component;
     let given = Path::new(path);
     if !given.is_absolute() {
         return Ok(None);
+    }
+    let outside = || LoadFailure::common("This file is outside the directories the local source may read.", "caldera.localDirectories does not include it".into());
+    let allowed = |p: &Path| settings.local_dirs.iter().any(|dir| p.starts_with(dir.as_str()));
+    let mut lexical = std::path::PathBuf::from("/");
+    for part in given.components() {
+        match part {
+            Component::ParentDir => {
+                lexical.pop();
+            }
+            Component::Normal(name) => lexical.push(name),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    if !allowed(&lexical) {
+        return Err(outside());
     }
     let Ok(canonical) = given.canonicalize() else { return Ok(None) };
     if !canonical.is_file() {
         return Ok(None);
     }
-    if !settings.local_dirs.iter().any(|dir| canonical.starts_with(dir.as_str())) {
-        return Err(LoadFailure::common(
-            "This file is outside the directories the local source may read.",
-            format!("{} is not under caldera.localDirectories", canonical.display()),
-        ));
+    if !allowed(&canonical) {
+        return Err(outside());
     }
     Ok(Some(canonical))
 }
