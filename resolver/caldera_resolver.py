@@ -330,11 +330,39 @@ def run(request):
                "cause": f"{type(e).__name__}: {str(e)[:2000]}"}}})
 
 
+def deny_networks():
+    """Refuses connections to the operator's denied networks (`caldera.outbound.denyNetworks`):
+    every address a name resolves to is checked, so a redirect or a name cannot reach them."""
+    import ipaddress
+    import socket
+
+    nets = [ipaddress.ip_network(n, strict=False) for n in os.environ.get("CALDERA_RESOLVER_DENY", "").split()]
+    if not nets:
+        return
+    resolve = socket.getaddrinfo
+
+    def denied(addr):
+        ip = ipaddress.ip_address(addr.split("%")[0])
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        return any(ip.version == n.version and ip in n for n in nets)
+
+    def getaddrinfo(host, *args, **kwargs):
+        found = resolve(host, *args, **kwargs)
+        allowed = [a for a in found if a[0] not in (socket.AF_INET, socket.AF_INET6) or not denied(a[4][0])]
+        if found and not allowed:
+            raise socket.gaierror(socket.EAI_NONAME, f"{host} resolves only to denied networks (caldera.outbound.denyNetworks)")
+        return allowed
+
+    socket.getaddrinfo = getaddrinfo
+
+
 def main():
     global protocol_out
     protocol_out = os.fdopen(os.dup(1), "w", encoding="ascii")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
+    deny_networks()
     import yt_dlp.version
 
     workers = max(1, int(os.environ.get("CALDERA_RESOLVER_CONCURRENCY", "4")))

@@ -70,15 +70,12 @@ pub async fn run(settings: Settings) -> Result<(), GatewayError> {
     let app = http::router(state);
     node.serving(local);
     node.start_heartbeat();
-    let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(node.stop.clone().cancelled_owned())
-        .await;
+    http::serve::serve(listener, app, node.stop.clone()).await;
 
     // Close WebSockets (1001), stop workers and tasks, exit.
     node.set_phase(Phase::Draining);
     websockets.wait_closed(Duration::from_secs(3)).await;
     node.shutdown().await;
-    served.map_err(GatewayError::Serve)?;
     info!("stopped");
     Ok(())
 }

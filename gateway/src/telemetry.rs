@@ -45,6 +45,11 @@ pub fn record_worker_killed(reason: &'static str) {
     counter!("caldera_worker_kills_total", "reason" => reason).increment(1);
 }
 
+/// Records an HTTP connection closed on arrival because too many were open.
+pub fn record_http_connection_refused() {
+    counter!("caldera_http_connections_refused_total").increment(1);
+}
+
 /// Records a client WebSocket dropped because it did not read what the node sent it.
 pub fn record_ws_slow_consumer() {
     counter!("caldera_websocket_slow_consumers_total").increment(1);
@@ -93,4 +98,5 @@ pub fn describe() {
     describe_counter!("caldera_websocket_closes_total", "Client WebSocket connections closed, by close code (unusual codes as `other`)");
     describe_counter!("caldera_worker_kills_total", "Worker processes the gateway killed, by reason");
     describe_counter!("caldera_websocket_slow_consumers_total", "Client WebSockets dropped for not reading what was sent to them");
+    describe_counter!("caldera_http_connections_refused_total", "HTTP connections closed on arrival because too many were open");
 }

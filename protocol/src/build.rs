@@ -2,7 +2,7 @@
 
 /// Bumped whenever a message changes incompatibly. Enums are append-only, so most additions do not
 /// need a bump; a gateway and worker of different versions refuse each other.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Crate version and git commit of this build, e.g. `0.1.0+3f2a9c1e0b7d`.
 pub const BUILD_ID: &str = concat!(env!("CARGO_PKG_VERSION"), "+", env!("CALDERA_GIT_COMMIT"));

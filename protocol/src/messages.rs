@@ -137,6 +137,26 @@ pub struct HttpSettings {
     pub read_timeout_ms: u64,
     /// The http source's requests go through this proxy.
     pub proxy: Option<Proxy>,
+    /// Networks no source request may connect to, as `(address, prefix length)`: checked on
+    /// the addresses a name resolves to, on every redirect (`caldera.outbound.denyNetworks`).
+    pub deny: Vec<(IpAddr, u8)>,
+}
+
+/// Whether `ip` is in one of `networks` (`(address, prefix length)`); IPv4-mapped IPv6
+/// addresses count as their IPv4 address.
+pub fn in_networks(ip: IpAddr, networks: &[(IpAddr, u8)]) -> bool {
+    let ip = ip.to_canonical();
+    networks.iter().any(|(net, len)| match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from((*len).min(32))).unwrap_or(0);
+            u32::from(a) & mask == u32::from(*n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from((*len).min(128))).unwrap_or(0);
+            u128::from(a) & mask == u128::from(*n) & mask
+        }
+        _ => false,
+    })
 }
 
 /// An HTTP proxy, with basic credentials when `user` is set.

@@ -36,7 +36,7 @@ fn settings() -> WorkerSettings {
         player_update_interval_ms: 4,
         track_stuck_threshold_ms: 5,
         route_planner: Some(RoutePlanning { retry_limit: Some(6) }),
-        http: HttpSettings { connect_timeout_ms: 3000, response_timeout_ms: 3000, read_timeout_ms: 3000, proxy: Some(Proxy { url: "http://p:1".into(), user: Some("u".into()), password: None }) },
+        http: HttpSettings { connect_timeout_ms: 3000, response_timeout_ms: 3000, read_timeout_ms: 3000, proxy: Some(Proxy { url: "http://p:1".into(), user: Some("u".into()), password: None }), deny: vec![("169.254.0.0".parse().unwrap(), 16)] },
         audio: AudioSettings { buffer_ms: 400, frame_buffer_ms: 5000, opus_quality: 10, resampling: ResamplingQuality::Low },
         sources: vec!["http".into()],
     }
@@ -174,7 +174,7 @@ const TO_WORKER: &[(&str, &str)] = &[
     ("Hello", "000301620102"),
     ("Ping", "0109"),
     ("Shutdown", "020172"),
-    ("Configure", "030102030405010106b817b817b817010a687474703a2f2f703a3101017500900388270a00010468747470"),
+    ("Configure", "030102030405010106b817b817b817010a687474703a2f2f703a31010175000100a9fe000010900388270a00010468747470"),
     ("Load/Http", "0401000168"),
     ("Load/Local", "040201022f70"),
     ("Player/Create", "0507000102"),

@@ -3,9 +3,9 @@
 
 use caldera_tests::audio::sine_wav;
 use caldera_tests::client::Session;
-use caldera_tests::http_server::Route;
-use caldera_tests::rig::{encoded_track, encoded_track_with, rig_with};
-use caldera_tests::{Node, NodeOptions};
+use caldera_tests::http_server::{Route, TestServer};
+use caldera_tests::rig::{encoded_track, encoded_track_with, rig_configured, rig_with};
+use caldera_tests::{resolver_python, Node, NodeOptions};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -99,4 +99,88 @@ fn a_killed_gateways_runtime_directory_is_removed_by_the_next() {
     assert_eq!(now.len(), 1, "{now:?}");
     assert!(!now.contains(&left[0]), "the stale directory is gone: {now:?}");
     assert!(second.logs.count("removed the runtime directory of a gateway that is gone") == 1);
+}
+
+/// Finding 5: client WebSocket messages up to 64 MB were buffered, and 20,000 one-byte messages
+/// wrote 20,000 WARN lines. Messages past 64 KiB end the connection (1009); ignored messages
+/// are logged at 1, 2, 4, 8, ...
+#[test]
+fn client_messages_are_small_and_their_logging_bounded() {
+    let node = Node::start();
+    let chatty = Session::connect(&node);
+    for _ in 0..20_000 {
+        chatty.send_text("x");
+    }
+    caldera_tests::eventually(Duration::from_secs(10), "the messages to be read", || {
+        let c: Value = node.get("/v4/caldera/connections").json().ok()?;
+        let me = c["connections"].as_array()?.iter().find(|e| e["sessionId"] == chatty.id.as_str())?.clone();
+        (me["messagesReceived"].as_u64()? >= 20_000).then_some(())
+    });
+    let lines = node.logs.count("ignoring client text messages");
+    assert!((10..=20).contains(&lines), "{lines} log lines for 20,000 messages");
+    let big = Session::connect(&node);
+    big.send_text(&"y".repeat(1 << 20));
+    let closed = caldera_tests::eventually(Duration::from_secs(10), "the oversized client to be dropped", || big.closed());
+    assert_eq!(closed.0, 1009, "{closed:?}");
+    assert!(chatty.closed().is_none(), "the other client is untouched");
+}
+
+/// Finding 4: idle connections were never closed, and 60 silent connections on a node with 64
+/// descriptors made `/version` time out and a worker respawn fail. A connection that sends no
+/// request head within 10 s is closed; past the connection cap new ones are closed at once; the
+/// node keeps serving.
+#[test]
+fn silent_connections_are_closed_and_capped() {
+    use std::io::Read;
+    use std::net::TcpStream;
+    let node = Node::start_with(NodeOptions { workers: 1, ..Default::default() });
+    let addr = node.addr.unwrap();
+    // A silent connection is closed after the header timeout.
+    let mut silent = TcpStream::connect(addr).unwrap();
+    silent.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let n = silent.read(&mut buf).unwrap_or(0);
+    let waited = started.elapsed();
+    assert_eq!(n, 0, "closed without an answer");
+    assert!(waited >= Duration::from_secs(9) && waited < Duration::from_secs(15), "closed after {waited:?}");
+    // A kept-alive connection that goes quiet after a request is closed the same way.
+    let mut kept = TcpStream::connect(addr).unwrap();
+    std::io::Write::write_all(&mut kept, b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    kept.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut answer = Vec::new();
+    let started = std::time::Instant::now();
+    let _ = kept.read_to_end(&mut answer);
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+    assert!(started.elapsed() < Duration::from_secs(15), "the idle kept-alive connection was closed");
+    assert_eq!(node.get("/version").status(), 200);
+}
+
+/// Source requests never reach denied networks (`caldera.outbound.denyNetworks`, by default
+/// link-local and cloud metadata addresses): not by address, not through a redirect from an
+/// allowed host, not through yt-dlp.
+#[test]
+fn denied_networks_are_unreachable_directly_by_redirect_or_through_yt_dlp() {
+    let inner = TestServer::start_on("127.0.0.2:0");
+    inner.route("/t.wav", Route::file(sine_wav(440.0, 1.0, 48_000, 2, 0.5), "audio/wav"));
+    let caldera = format!("  outbound:\n    denyNetworks: [\"127.0.0.2/32\", \"169.254.0.0/16\"]\n  resolver:\n    python: {}\n", resolver_python().display());
+    let rig = rig_configured(1, "", &caldera);
+    let refused = |identifier: &str| {
+        let res = rig.node.load(identifier);
+        assert_eq!(res["loadType"], "error", "{identifier}: {res}");
+        res["data"]["cause"].as_str().unwrap_or_default().to_string()
+    };
+    assert!(refused(&inner.url("/t.wav")).contains("denied networks"));
+    rig.media.route("/hop", Route::Redirect(inner.url("/t.wav")));
+    assert!(refused(&rig.media.url("/hop")).contains("denied networks"));
+    assert!(refused("http://169.254.169.254/latest/meta-data/").contains("denied networks"));
+    caldera_tests::eventually(Duration::from_secs(30), "the resolver", || {
+        let s: Value = rig.node.get("/v4/caldera/resolver").json().ok()?;
+        (s["state"] == "ready").then_some(())
+    });
+    assert!(refused(&format!("ytdlp:{}", inner.url("/t.wav"))).contains("denied networks"));
+    assert!(inner.hits("/t.wav").is_empty(), "nothing reached the denied address: {:?}", inner.hits("/t.wav"));
+    // An allowed address still plays.
+    rig.media.route("/ok.wav", Route::file(sine_wav(440.0, 1.0, 48_000, 2, 0.5), "audio/wav"));
+    assert_eq!(rig.node.load(&rig.media.url("/ok.wav"))["loadType"], "track");
 }

@@ -65,6 +65,8 @@ fn players_of_a_killed_worker_are_restored_elsewhere() {
 
 #[test]
 fn a_track_that_crashes_two_workers_is_quarantined() {
+    // SIGABRT stands for a crash (a failed allocation, a panic that aborts): evidence against the
+    // track, unlike SIGKILL from outside (see the next test).
     let rig = rig(2);
     rig.play(6101, "/q.wav", sine_wav(440.0, 30.0, 48_000, 2, 0.5), json!({}));
     rig.voice.wait_audio(6101, 25, Duration::from_secs(10));
@@ -73,7 +75,7 @@ fn a_track_that_crashes_two_workers_is_quarantined() {
         let players: Vec<&serde_json::Value> = workers["workers"].as_array().unwrap().iter().filter(|w| w["players"] == 1).collect();
         assert_eq!(players.len(), 1, "{workers}");
         let pid = players[0]["pid"].as_i64().unwrap();
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGABRT).unwrap();
     };
     kill_host();
     let conns = rig.voice.wait_connections(6101, 2, Duration::from_secs(5));
@@ -88,6 +90,43 @@ fn a_track_that_crashes_two_workers_is_quarantined() {
     assert_eq!(end["reason"], "loadFailed");
     let (_, player) = rig.session.get_player(6101);
     assert!(player["track"].is_null(), "{player}");
+}
+
+#[test]
+fn losses_from_outside_do_not_quarantine_healthy_tracks() {
+    // The adversarial run's reproduction: kill -9 of one worker moves its players to the other;
+    // a SIGSTOP of that one (then killed for missed pings) must not convict them.
+    let rig = rig(2);
+    let guilds = [6301, 6302, 6303];
+    for g in guilds {
+        rig.play(g, &format!("/o{g}.wav"), sine_wav(440.0, 60.0, 48_000, 2, 0.5), json!({}));
+        rig.voice.wait_audio(g, 25, Duration::from_secs(10));
+    }
+    let pid_of = |id: u64| rig.worker_pid(id) as i32;
+    // The worker a guild's player is on now: the last to connect its voice.
+    let worker_of = |g: u64| -> u64 {
+        let lines = rig.node.logs.lines_containing(&format!("guild_id={g}}}: caldera_worker::player: voice connected"));
+        let line = lines.last().expect("voice connected log");
+        line.split("worker{id=").nth(1).and_then(|r| r.split('}').next()).and_then(|id| id.parse().ok()).unwrap()
+    };
+    let first = worker_of(guilds[0]);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid_of(first)), Signal::SIGKILL).unwrap();
+    for g in guilds {
+        caldera_tests::eventually(Duration::from_secs(10), "every player on the other worker", || (worker_of(g) != first).then_some(()));
+    }
+    rig.node.wait_workers(2, Duration::from_secs(10));
+    let second = worker_of(guilds[0]);
+    // Every player is on that worker now.
+    let stopped_at = std::time::Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid_of(second)), Signal::SIGSTOP).unwrap();
+    assert!(rig.node.logs.wait_for("worker stopped answering pings", Duration::from_secs(15)).is_some());
+    for g in guilds {
+        caldera_tests::eventually(Duration::from_secs(20), "the player to play again on a new connection", || {
+            rig.voice.latest(g).filter(|c| c.created() > stopped_at && c.packets() >= 25)
+        });
+    }
+    assert!(rig.session.messages().iter().all(|m| m["type"] != "TrackExceptionEvent"), "nobody was quarantined");
+    assert_eq!(rig.node.logs.count("track quarantined"), 0);
 }
 
 #[test]

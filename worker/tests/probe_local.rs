@@ -18,7 +18,7 @@ fn settings(dir: &Path) -> Settings {
         player_update_interval_ms: 5_000,
         track_stuck_threshold_ms: 10_000,
         route_planner: None,
-        http: HttpSettings { connect_timeout_ms: 3000, response_timeout_ms: 3000, read_timeout_ms: 3000, proxy: None },
+        http: HttpSettings { connect_timeout_ms: 3000, response_timeout_ms: 3000, read_timeout_ms: 3000, proxy: None, deny: Vec::new() },
         audio: AudioSettings { buffer_ms: 400, frame_buffer_ms: 5000, opus_quality: 10, resampling: ResamplingQuality::Low },
         sources: vec!["http".into(), "local".into()],
     };

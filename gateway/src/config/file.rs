@@ -316,6 +316,22 @@ pub struct CalderaConfig {
     pub load_timeout_ms: u64,
     pub worker: WorkerProcessConfig,
     pub resolver: ResolverConfig,
+    pub outbound: OutboundConfig,
+}
+
+/// `caldera.outbound`: where source requests (workers' and the resolver's) may not go.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct OutboundConfig {
+    /// CIDR blocks no source request connects to, checked after name resolution and on every
+    /// redirect; default: link-local and cloud metadata addresses.
+    pub deny_networks: Vec<String>,
+}
+
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        Self { deny_networks: vec!["169.254.0.0/16".into(), "fe80::/10".into(), "fd00:ec2::254/128".into()] }
+    }
 }
 
 /// `caldera.resolver`: the process embedding yt-dlp that finds platform sources' tracks.
@@ -372,6 +388,7 @@ impl Default for CalderaConfig {
             load_timeout_ms: 20_000,
             worker: WorkerProcessConfig::default(),
             resolver: ResolverConfig::default(),
+            outbound: OutboundConfig::default(),
         }
     }
 }

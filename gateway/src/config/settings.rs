@@ -232,11 +232,19 @@ impl Settings {
                 Some(caldera_protocol::Proxy { url: format!("http://{host}:{}", proxy.proxy_port), user: blank(&proxy.proxy_user), password: blank(&proxy.proxy_password) })
             }
         };
+        let deny = caldera
+            .outbound
+            .deny_networks
+            .iter()
+            .map(|n| n.trim().parse::<IpNet>().map(|n| (n.network(), n.prefix_len())))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid("caldera.outbound.denyNetworks", format!("{e}; use CIDR notation like 169.254.0.0/16")))?;
         let http = caldera_protocol::HttpSettings {
             connect_timeout_ms: timeouts.connect_timeout_ms,
             response_timeout_ms: timeouts.connection_request_timeout_ms,
             read_timeout_ms: timeouts.socket_timeout_ms,
             proxy,
+            deny,
         };
         let opus_quality = server.opus_encoding_quality.unwrap_or(10);
         if opus_quality > 10 {

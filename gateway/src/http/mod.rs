@@ -6,6 +6,7 @@ pub mod error;
 mod info;
 mod players;
 mod routeplanner;
+pub mod serve;
 pub mod tracks;
 mod websocket;
 

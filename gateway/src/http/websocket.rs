@@ -45,10 +45,15 @@ pub async fn websocket(
     // session.
     let claim = text("session-id").and_then(|id| state.node.sessions.claim(id, user_id).map(|generation| (id.to_string(), generation)));
     let resumed = claim.is_some();
+    // Lavalink v4 reads nothing a client sends: whatever comes is held only up to a small size.
+    let ws = ws.max_message_size(MAX_CLIENT_MESSAGE).max_frame_size(MAX_CLIENT_MESSAGE);
     let mut res = ws.on_upgrade(move |socket| run(state, socket, remote, user_id, client_name, claim));
     res.headers_mut().insert("session-resumed", HeaderValue::from_static(if resumed { "true" } else { "false" }));
     Ok(res)
 }
+
+/// The largest message or frame a client may send (it is read only to be dropped).
+const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 
 async fn run(state: AppState, mut socket: WebSocket, remote: SocketAddr, user_id: u64, client_name: String, claim: Option<(String, u64)>) {
     // Graceful shutdown waits for this task (it closes the socket with 1001).
@@ -72,6 +77,7 @@ async fn run(state: AppState, mut socket: WebSocket, remote: SocketAddr, user_id
     let mut every_minute = tokio::time::interval_at(tokio::time::Instant::now() + STATS_INTERVAL, STATS_INTERVAL);
     // How the socket ended: the client's close code, 1001 at shutdown, 1006 when it just dropped.
     let mut close = close_code::ABNORMAL;
+    let mut ignored = 0u64;
     loop {
         let text = tokio::select! {
             _ = node.stop.cancelled() => {
@@ -98,12 +104,23 @@ async fn run(state: AppState, mut socket: WebSocket, remote: SocketAddr, user_id
                         close = frame.map(|f| f.code).unwrap_or(close_code::STATUS);
                         break;
                     }
+                    // A message past the limit: tell the client why before the socket goes.
+                    Some(Err(e)) if e.to_string().contains("Space limit exceeded") => {
+                        let frame = CloseFrame { code: close_code::SIZE, reason: format!("messages are limited to {MAX_CLIENT_MESSAGE} bytes").into() };
+                        let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(Message::Close(Some(frame)))).await;
+                        close = close_code::SIZE;
+                        break;
+                    }
                     None | Some(Err(_)) => break,
                     // Lavalink v4 takes no client messages (lavalink-internals §5.9).
                     Some(Ok(Message::Text(t))) => {
                         traffic.received(t.len());
                         telemetry::record_ws_message(false, t.len());
-                        warn!(session = %session_id, len = t.len(), "ignoring a client text message");
+                        // Logged at 1, 2, 4, 8, ... messages: a chatty client cannot flood the log.
+                        ignored += 1;
+                        if ignored.is_power_of_two() {
+                            warn!(session = %session_id, len = t.len(), ignored, "ignoring client text messages (Lavalink v4 reads none)");
+                        }
                     }
                     // Pings are answered by the websocket layer.
                     Some(Ok(m)) => {

@@ -54,8 +54,11 @@ pub struct Player {
     pub voice: Option<VoiceServer>,
     pub filters: Filters,
     pub state: PlayerState,
-    /// The track that was playing when this player's worker last crashed (quarantine).
-    pub crashed_with: Option<u64>,
+    /// The track that was playing when this player's worker last crashed by its own fault, and
+    /// when (quarantine evidence; it expires).
+    pub crashed_with: Option<(u64, i64)>,
+    /// The track that was playing when this player's worker last went away, for any reason.
+    pub lost_with: Option<u64>,
     /// A track restored on a new worker: its repeated TrackStart is not sent again.
     pub restored_seq: Option<u64>,
     /// Its worker died while no healthy worker could take it: `worker` is stale, updates only
@@ -81,6 +84,7 @@ impl Player {
             voice: None,
             filters: Filters::default(),
             crashed_with: None,
+            lost_with: None,
             restored_seq: None,
             stranded: false,
             playing_since: None,

@@ -1,5 +1,11 @@
 //! Crash recovery: a worker that went away has its players re-created on healthy workers from
 //! the registry; a track that crashed two workers in a row is quarantined instead.
+//!
+//! Quarantine goes by evidence: only a worker that crashed by its own doing (a crash signal, a
+//! non-zero exit, flooding its connection) marks the tracks it was playing. A worker killed from
+//! outside (SIGKILL by an operator or the kernel), stopped (SIGSTOP, then killed for missed
+//! pings) or jammed convicts nobody, and a mark expires once its track has played on for
+//! [`MARK_EXPIRES_MS`].
 
 use super::player::{track_end, Player};
 use super::{Commands, Players};
@@ -8,6 +14,9 @@ use caldera_protocol::{EndReason, PlayerCommand};
 use std::collections::HashMap;
 use tracing::{info, warn};
 
+/// How long a crash mark holds: a track that plays this long after a crash is cleared.
+pub const MARK_EXPIRES_MS: i64 = 60_000;
+
 impl Players {
     /// A worker died: its players are re-created on healthy workers from the registry (same
     /// voice state, the track where it was when the worker went away, volume, filters, paused,
@@ -15,7 +24,7 @@ impl Players {
     /// it is quarantined (TrackException `fault` + TrackEnd `loadFailed`) instead of crashing a
     /// third worker. For frameStats the lost minute counts as deficit, not as missing data (§4.4).
     /// Players no healthy worker can take are stranded until one is ready ([`Self::on_worker_ready`]).
-    pub fn on_worker_lost(&self, worker: u32) {
+    pub fn on_worker_lost(&self, worker: u32, crashed: bool) {
         let now_ms = crate::clock::unix_ms();
         let mut guard = self.lock();
         let reg = &mut *guard;
@@ -25,9 +34,11 @@ impl Players {
                 p.report_frames(0, 0);
                 p.state.connected = false;
                 p.state.ping_ms = -1;
-                // Quarantine: the same track was playing in this player's previous crash.
+                // Quarantine: this loss is a crash, and the same track was playing in this
+                // player's previous crash, not long ago.
                 let current = p.track.as_ref().map(|t| t.seq);
-                if current.is_some() && current == p.crashed_with {
+                let marked = p.crashed_with.filter(|(_, at)| now_ms - at < MARK_EXPIRES_MS).map(|(seq, _)| seq);
+                if crashed && current.is_some() && current == marked {
                     if let Some(t) = p.track.take() {
                         p.live_tracks.remove(&t.seq);
                         let cause = "worker process exited during playback".to_string();
@@ -42,7 +53,10 @@ impl Players {
                         warn!(guild = p.guild_id, "track quarantined after crashing two workers");
                     }
                 }
-                p.crashed_with = p.track.as_ref().map(|t| t.seq);
+                p.lost_with = p.track.as_ref().map(|t| t.seq);
+                if crashed {
+                    p.crashed_with = p.lost_with.map(|seq| (seq, now_ms));
+                }
                 p.state.position_ms = p.position_at_loss(now_ms, self.report_every_ms);
                 p.state.time_ms = now_ms;
                 p.stranded = true;
@@ -105,7 +119,7 @@ pub(super) fn restore(p: &mut Player, target: u32, user_id: u64) -> Commands {
     commands.push(PlayerCommand::Volume(p.volume));
     commands.push(PlayerCommand::Filters(p.filters.clone()));
     if let Some(t) = &p.track {
-        p.restored_seq = (p.crashed_with == Some(t.seq)).then_some(t.seq);
+        p.restored_seq = (p.lost_with == Some(t.seq)).then_some(t.seq);
         commands.push(PlayerCommand::Play {
             track_seq: t.seq,
             track: t.data.clone(),

@@ -187,8 +187,9 @@ pub(crate) struct Shared {
 #[derive(Debug)]
 pub enum WorkerEvent {
     Player { worker: u32, player: u64, event: PlayerEvent },
-    /// The worker's process is gone, with every player it hosted.
-    Lost { worker: u32 },
+    /// The worker's process is gone, with every player it hosted. `crashed`: by its own doing
+    /// (a crash signal, a non-zero exit, flooding), which is evidence against what it played.
+    Lost { worker: u32, crashed: bool },
     /// The worker said hello and takes players (stranded ones may be restored on it).
     Ready { worker: u32 },
 }
@@ -234,12 +235,17 @@ impl Shared {
         }
     }
 
-    /// A worker's connection ended: its pending requests fail (their callers see a fault) and
-    /// the registry hears that its players are gone.
-    pub async fn worker_lost(&self, worker_id: u32) {
+    /// A worker's connection ended: nothing more is sent to it, and its pending requests fail
+    /// (their callers see a fault).
+    pub fn worker_disconnected(&self, worker_id: u32) {
         self.set_outbound(worker_id, None);
         self.requests.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, (w, _)| *w != worker_id);
-        let _ = self.player_events.send(WorkerEvent::Lost { worker: worker_id }).await;
+    }
+
+    /// The registry hears that a worker's players are gone, and whether it crashed.
+    pub async fn worker_lost(&self, worker_id: u32, crashed: bool) {
+        self.worker_disconnected(worker_id);
+        let _ = self.player_events.send(WorkerEvent::Lost { worker: worker_id, crashed }).await;
     }
 
     fn in_flight(&self, worker_id: u32) -> usize {
@@ -291,6 +297,7 @@ impl Supervisor {
                     launcher: config.worker_binary.clone(),
                     sandbox: config.sandbox,
                     dir: runtime_dir.path().join("resolver"),
+                    deny: config.settings.http.deny.clone(),
                 })
                 .map_err(SupervisorError::Resolver)?,
             ),

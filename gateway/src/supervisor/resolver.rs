@@ -155,6 +155,8 @@ pub struct ResolverConfig {
     pub sandbox: SandboxMode,
     /// Where the program and its cache live (inside the gateway's private runtime directory).
     pub dir: PathBuf,
+    /// Networks its requests may not connect to (`caldera.outbound.denyNetworks`).
+    pub deny: Vec<(IpAddr, u8)>,
 }
 
 /// The first line of a resolver.
@@ -379,6 +381,7 @@ impl Resolver {
             ("CALDERA_SANDBOX_EXEC".into(), lines(&exec)),
             ("CALDERA_RESOLVER_CACHE".into(), cache.clone().into()),
             ("CALDERA_RESOLVER_CONCURRENCY".into(), self.config.settings.concurrency.to_string().into()),
+            ("CALDERA_RESOLVER_DENY".into(), self.config.deny.iter().map(|(ip, len)| format!("{ip}/{len}")).collect::<Vec<_>>().join("\n").into()),
             ("PATH".into(), bin.into()),
             ("HOME".into(), cache.clone().into()),
             ("XDG_CACHE_HOME".into(), cache.clone().into()),

@@ -348,10 +348,10 @@ async fn serve(
                 }
             }
             status = &mut exited => {
-                let why = status.map(|s| spawn::describe(&s)).unwrap_or_else(|_| "unknown exit".into());
+                let why = status.as_ref().map(spawn::describe).unwrap_or_else(|_| "unknown exit".into());
                 error!(pid, exit = %why, "worker exited");
                 shared.update(id, |s| s.last_exit = Some(why));
-                shared.worker_lost(id).await;
+                shared.worker_lost(id, status.as_ref().is_ok_and(spawn::is_crash)).await;
                 return Outcome::Ended { healthy: started.elapsed() >= HEALTHY_AFTER };
             }
             _ = cancel.cancelled() => {
@@ -360,11 +360,20 @@ async fn serve(
             }
         }
     };
-    shared.worker_lost(id).await;
+    shared.worker_disconnected(id);
     drop(outbound);
-    // Give the worker its grace period to exit, then make sure it is gone and reaped.
+    // Give the worker its grace period to exit, then make sure it is gone and reaped. Its players
+    // are restored once its exit says whether it crashed: a worker the gateway killed crashed
+    // only if it flooded; one whose connection ended crashed if its exit says so.
     let grace = if matches!(outcome, Outcome::Shutdown) { SHUTDOWN_GRACE } else { Duration::from_millis(500) };
-    match tokio::time::timeout(grace, &mut exited).await {
+    let exit = tokio::time::timeout(grace, &mut exited).await;
+    let crashed = match (killed_for, &exit) {
+        (Some(kill), _) => matches!(kill, Kill::Flooding),
+        (None, Ok(Ok(status))) => spawn::is_crash(status),
+        (None, _) => false,
+    };
+    shared.worker_lost(id, crashed).await;
+    match exit {
         Ok(status) => {
             let why = status.map(|s| spawn::describe(&s)).unwrap_or_else(|_| "unknown exit".into());
             info!(pid, exit = %why, "worker process ended");

@@ -97,6 +97,16 @@ pub fn kill(pid: u32) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
 }
 
+/// Whether a process ended by its own doing: a crash signal or a non-zero exit code. SIGKILL,
+/// SIGTERM and the like come from outside (an operator, the kernel's OOM killer, the gateway).
+pub fn is_crash(status: &ExitStatus) -> bool {
+    match (status.code(), status.signal().and_then(|s| Signal::try_from(s).ok())) {
+        (Some(code), _) => code != 0,
+        (None, Some(sig)) => matches!(sig, Signal::SIGABRT | Signal::SIGSEGV | Signal::SIGBUS | Signal::SIGILL | Signal::SIGFPE | Signal::SIGSYS | Signal::SIGTRAP),
+        _ => false,
+    }
+}
+
 /// "exit code 3" / "killed by SIGKILL" for logs.
 pub fn describe(status: &ExitStatus) -> String {
     match (status.code(), status.signal()) {

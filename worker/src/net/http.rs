@@ -59,6 +59,8 @@ pub struct Route<'a> {
     pub local: Option<IpAddr>,
     pub proxy: Option<&'a Proxy>,
     pub connect_timeout: Duration,
+    /// Networks the request may not reach (the operator's proxy is exempt).
+    pub deny: &'a [(IpAddr, u8)],
 }
 
 /// What the request asks besides the URL.
@@ -87,7 +89,7 @@ pub async fn get(ask: Ask<'_>, route: Route<'_>, dns: &dns::Cache, tls: &Arc<rus
         Some(proxy) => {
             let p = url::Url::parse(&proxy.url).map_err(|e| Failure::Connect(format!("proxy URL: {e}")))?;
             let (phost, pport) = (p.host_str().unwrap_or("").trim_matches(['[', ']']).to_string(), p.port_or_known_default().unwrap_or(3128));
-            let mut tcp = connect_host(&phost, pport, None, route.connect_timeout, dns).await?;
+            let mut tcp = connect_host(&phost, pport, None, route.connect_timeout, dns, &[]).await?;
             if https {
                 tunnel(&mut tcp, &host, port, proxy, route.connect_timeout).await?;
             } else {
@@ -95,7 +97,7 @@ pub async fn get(ask: Ask<'_>, route: Route<'_>, dns: &dns::Cache, tls: &Arc<rus
             }
             tcp
         }
-        None => connect_host(&host, port, route.local, route.connect_timeout, dns).await?,
+        None => connect_host(&host, port, route.local, route.connect_timeout, dns, route.deny).await?,
     };
     let target = if absolute { url.as_str().to_string() } else { url[url::Position::BeforePath..url::Position::AfterQuery].to_string() };
     let mut request = http::Request::get(if target.is_empty() { "/" } else { &target }).header(http::header::HOST, host_header(url));
@@ -174,9 +176,14 @@ fn basic_auth(proxy: &Proxy) -> Option<String> {
 
 /// Connects to `host:port` (its addresses in turn), from `local` when given: only addresses of
 /// its family are tried.
-async fn connect_host(host: &str, port: u16, local: Option<IpAddr>, timeout: Duration, dns: &dns::Cache) -> Result<TcpStream, Failure> {
-    let addrs = dns.lookup(host).await.map_err(|e| Failure::Connect(format!("{host}: {e}")))?;
-    let addrs: Vec<SocketAddr> = addrs.iter().filter(|a| local.is_none_or(|l| l.is_ipv4() == a.is_ipv4())).map(|ip| SocketAddr::new(*ip, port)).collect();
+async fn connect_host(host: &str, port: u16, local: Option<IpAddr>, timeout: Duration, dns: &dns::Cache, deny: &[(IpAddr, u8)]) -> Result<TcpStream, Failure> {
+    let resolved = dns.lookup(host).await.map_err(|e| Failure::Connect(format!("{host}: {e}")))?;
+    // Checked on the addresses themselves, after resolution: a name cannot smuggle one in.
+    let allowed: Vec<IpAddr> = resolved.iter().copied().filter(|ip| !caldera_protocol::in_networks(*ip, deny)).collect();
+    if allowed.is_empty() && !resolved.is_empty() {
+        return Err(Failure::Connect(format!("{host} resolves only to addresses in denied networks (caldera.outbound.denyNetworks)")));
+    }
+    let addrs: Vec<SocketAddr> = allowed.iter().filter(|a| local.is_none_or(|l| l.is_ipv4() == a.is_ipv4())).map(|ip| SocketAddr::new(*ip, port)).collect();
     let mut last = Failure::Connect(format!("{host} has no address to connect to"));
     for addr in addrs {
         let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(|e| Failure::Connect(e.to_string()))?;

@@ -192,6 +192,7 @@ impl Net {
                 local: egress.local,
                 proxy: http.proxy.as_ref().filter(|_| egress.proxied),
                 connect_timeout: Duration::from_millis(http.connect_timeout_ms),
+                deny: &http.deny,
             };
             let ask = http::Ask { from: req.from, to: req.to, icy: req.icy, url: &url, headers: &req.headers };
             let res = match tokio::time::timeout(limit, http::get(ask, route, &self.inner.dns, &tls)).await {
