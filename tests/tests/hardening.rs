@@ -184,3 +184,28 @@ fn denied_networks_are_unreachable_directly_by_redirect_or_through_yt_dlp() {
     rig.media.route("/ok.wav", Route::file(sine_wav(440.0, 1.0, 48_000, 2, 0.5), "audio/wav"));
     assert_eq!(rig.node.load(&rig.media.url("/ok.wav"))["loadType"], "track");
 }
+
+/// Finding 3: a load the gateway stopped waiting for kept running (the probe thread and its
+/// connection lived on; a 1 byte/s server was never cut off). A load's deadline bounds the whole
+/// load: its connection is closed and nothing is left running.
+#[test]
+fn a_timed_out_load_releases_its_connection() {
+    let rig = rig_configured(1, "", "  loadTimeoutMs: 2000\n");
+    rig.media.route(
+        "/slow.mp3",
+        Route::Cut { body: std::sync::Arc::new(vec![0xFF; 1 << 20]), content_type: "audio/mpeg".into(), after: 100, hold: Duration::from_secs(60) },
+    );
+    let pid = rig.worker_pid(0);
+    let sockets = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten().filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))).count()
+    };
+    let baseline = sockets();
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        let res = rig.node.load(&rig.media.url("/slow.mp3"));
+        assert_eq!(res["loadType"], "error", "{res}");
+        assert!(started.elapsed() < Duration::from_secs(5), "answered within the load timeout: {:?}", started.elapsed());
+    }
+    caldera_tests::eventually(Duration::from_secs(5), "the stalled connections to be closed", || (sockets() <= baseline).then_some(()));
+    assert_eq!(rig.media.hits("/slow.mp3").len(), 5, "one request per load, none left retrying");
+}

@@ -372,4 +372,45 @@ logging:
         assert_eq!(loaded.env_overrides.len(), 6, "{:?}", loaded.env_overrides);
         assert!(loaded.unknown_keys.is_empty(), "{:?}", loaded.unknown_keys);
     }
+
+    // Fuzzing of the config loader (the hardening issue): mutations of the example file and
+    // arbitrary environment values load or fail with an error, never panic.
+    mod fuzz {
+        use super::super::Loaded;
+        use proptest::prelude::*;
+
+        const KEYS: [&str; 8] = [
+            "SERVER_PORT",
+            "LAVALINK_SERVER_PASSWORD",
+            "LAVALINK_SERVER_RATELIMIT_IPBLOCKS",
+            "CALDERA_WORKERS",
+            "CALDERA_WORKER_MEMORYLIMIT",
+            "CALDERA_OUTBOUND_DENYNETWORKS",
+            "LAVALINK_SERVER_BUFFERDURATIONMS",
+            "METRICS_PROMETHEUS_ENDPOINT",
+        ];
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 300, failure_persistence: None, ..ProptestConfig::default() })]
+
+            #[test]
+            fn mutated_files_and_environments_never_panic(
+                flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..12),
+                cut in any::<usize>(),
+                env in proptest::collection::vec((0usize..8, ".{0,40}"), 0..3),
+            ) {
+                let mut text = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/application.yml")).unwrap();
+                for (at, b) in flips {
+                    let i = at % text.len();
+                    text[i] = b;
+                }
+                text.truncate(text.len() / 2 + cut % (text.len() / 2 + 1));
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("application.yml");
+                std::fs::write(&path, &text).unwrap();
+                let env: Vec<(String, String)> = env.into_iter().map(|(k, v)| (KEYS[k].to_string(), v)).collect();
+                let _ = Loaded::load_with_env(Some(&path), env);
+            }
+        }
+    }
 }

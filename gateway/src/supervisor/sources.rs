@@ -105,7 +105,18 @@ impl Supervisor {
             Source::Resolver { query, family } => match resolver {
                 Some(r) => match self.route_planner() {
                     Some(planner) => match planner.acquire() {
-                        Ok(address) => r.load(&query, family, Some(address)).await,
+                        Ok(address) => {
+                            let result = r.load(&query, family, Some(address)).await;
+                            // A platform that rate limits the address (yt-dlp's "HTTP Error 429")
+                            // marks it failing, as the http source's 429s do.
+                            if matches!(&result, LoadResult::Error(e) if e.cause.contains("HTTP Error 429")) {
+                                let search = query.starts_with("ytsearch") || query.starts_with("scsearch") || query.contains("/search?");
+                                if planner.mark_failing(address, search) == crate::routeplanner::Marked::New {
+                                    tracing::warn!(%address, search, "route planner: the platform rate limited the address; marked failing");
+                                }
+                            }
+                            result
+                        }
                         Err(why) => LoadResult::Error(TrackException {
                             message: "No outbound address is free to make the request from.".into(),
                             severity: ExceptionSeverity::Suspicious,

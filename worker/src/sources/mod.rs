@@ -6,6 +6,8 @@
 //! failed." (suspicious), unrecognised bytes are "Unknown file format." (common).
 
 pub mod container;
+#[cfg(test)]
+mod fuzz;
 mod hls;
 mod playlist;
 pub mod probe;

@@ -19,8 +19,21 @@ pub struct Probed {
     pub isrc: Option<String>,
 }
 
+/// Runs a demuxer on untrusted bytes: a panic inside it (symphonia's Matroska reader panics on
+/// a file cut short, which fuzzing found) is a failure of this file, not of the worker.
+fn guarded<T>(container: Container, f: impl FnOnce() -> Result<T, LoadFailure>) -> Result<T, LoadFailure> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let why = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default();
+        Err(LoadFailure::suspicious("The file is truncated or corrupt.", format!("{} container: the demuxer failed: {why}", container.probe_name())))
+    })
+}
+
 /// Opens a symphonia reader for a detected container.
 pub fn open_format(source: Box<dyn MediaSource>, container: Container) -> Result<(Box<dyn FormatReader>, Probed), LoadFailure> {
+    guarded(container, || open_format_unguarded(source, container))
+}
+
+fn open_format_unguarded(source: Box<dyn MediaSource>, container: Container) -> Result<(Box<dyn FormatReader>, Probed), LoadFailure> {
     let mss = MediaSourceStream::new(source, MediaSourceStreamOptions::default());
     let mut hint = Hint::new();
     hint.with_extension(container.extension());
@@ -50,7 +63,11 @@ pub fn audio_track(format: &dyn FormatReader, container: Container) -> Result<Tr
 /// Probes a file (not a stream): duration from the header, else by walking its packets, then a
 /// check that the end of the file is really there.
 pub fn probe_file(source: Box<dyn MediaSource>, container: Container) -> Result<Probed, LoadFailure> {
-    let (mut format, mut probed) = open_format(source, container)?;
+    guarded(container, || probe_file_unguarded(source, container))
+}
+
+fn probe_file_unguarded(source: Box<dyn MediaSource>, container: Container) -> Result<Probed, LoadFailure> {
+    let (mut format, mut probed) = open_format_unguarded(source, container)?;
     let track = audio_track(format.as_ref(), container)?;
     let params = &track.codec_params;
     let time_base = params.time_base.or_else(|| params.sample_rate.map(|r| symphonia::core::units::TimeBase::new(1, r)));
@@ -89,6 +106,25 @@ pub fn probe_stream(source: Box<dyn MediaSource>, container: Container) -> Resul
     let (format, probed) = open_format(source, container)?;
     audio_track(format.as_ref(), container)?;
     Ok(probed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by fuzzing (sources/fuzz.rs): a WebM file cut short made symphonia's Matroska
+    /// reader panic ("EBML header must be read before calling this function").
+    #[test]
+    fn a_truncated_webm_is_a_clean_error() {
+        let bytes = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/sine440.webm")).unwrap();
+        for cut in [bytes.len() / 2, bytes.len() / 2 + 1000, bytes.len() - 100] {
+            let source = Box::new(std::io::Cursor::new(bytes[..cut].to_vec()));
+            match probe_file(source, Container::Matroska) {
+                Ok(p) => assert!(p.length_ms.is_some()),
+                Err(e) => assert!(!e.message.is_empty()),
+            }
+        }
+    }
 }
 
 /// A header can claim more audio than the file holds (a cut-off download): seek close to the

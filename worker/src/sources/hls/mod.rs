@@ -11,8 +11,8 @@
 //! number; one that stops advancing ends the track.
 
 mod fetch;
-mod playlist;
-mod ts;
+pub(super) mod playlist;
+pub(super) mod ts;
 
 pub use playlist::is_hls;
 
