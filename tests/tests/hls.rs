@@ -83,7 +83,7 @@ fn vod_playlists_of_every_segment_kind_play_through_and_finish() {
         playing.push((guild, *name, *freq, play(&rig, guild, &url), length));
     }
     for (guild, name, freq, conn, length) in playing {
-        let (_, end) = rig.session.wait_event("TrackEndEvent", guild, Duration::from_secs(30)).unwrap_or_else(|| panic!("{name} did not end"));
+        let (_, end) = rig.session.wait_event("TrackEndEvent", guild, Duration::from_secs(60)).unwrap_or_else(|| panic!("{name} did not end"));
         assert_eq!(end["reason"], "finished", "{name}: {end}");
         let (tone, gap) = heard(&conn);
         // The whole length is heard, segment after segment, with no gap at their boundaries.

@@ -196,10 +196,18 @@ fn switched_off_platforms_neither_load_nor_play() {
 
 /// A node whose resolver is the misbehaving `fake-resolver` in `mode`.
 fn node_with_fake_resolver(mode: &str, extra: &str) -> (Node, tempfile::TempDir) {
+    node_with_fake_resolver_and("", mode, extra)
+}
+
+/// [`node_with_fake_resolver`] with `lavalink.server` lines.
+fn node_with_fake_resolver_and(lavalink_server_yaml: &str, mode: &str, extra: &str) -> (Node, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let python = dir.path().join(format!("fake-resolver-{mode}"));
     std::os::unix::fs::symlink(bin("fake-resolver"), &python).unwrap();
-    let yaml = format!("caldera:\n  workers: 1\n  resolver:\n    python: {}\n    timeoutMs: 2000\n{extra}", python.display());
+    let yaml = format!(
+        "lavalink:\n  server:\n{lavalink_server_yaml}caldera:\n  workers: 1\n  resolver:\n    python: {}\n    timeoutMs: 2000\n{extra}",
+        python.display()
+    );
     (Node::start_with(NodeOptions { workers: 1, yaml, ..Default::default() }), dir)
 }
 
@@ -256,4 +264,17 @@ fn synthetic_platform_results_map_to_lavalink_tracks() {
     let report = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "resolver/test_resolver.py failed:\n{report}");
     assert!(report.contains("Ran 8 tests") && report.contains("OK"), "{report}");
+}
+
+#[test]
+fn a_platform_that_rate_limits_an_address_gets_it_marked_failing() {
+    let planner = "    ratelimit:\n      ipBlocks: [\"127.0.0.0/28\"]\n      excludedIps: [\"127.0.0.1\"]\n      strategy: RotateOnBan\n";
+    let (node, _dir) = node_with_fake_resolver_and(planner, "ratelimited", "");
+    wait_resolver_ready(&node);
+    let res = node.load("https://www.youtube.com/watch?v=dQw4w9WgXcQ");
+    assert_eq!(res["loadType"], "error", "{res}");
+    let status: Value = node.get("/v4/routeplanner/status").json().unwrap();
+    let failing = status["details"]["failingAddresses"].as_array().unwrap();
+    assert_eq!(failing.len(), 1, "{status}");
+    assert!(failing[0]["failingAddress"].as_str().unwrap().starts_with("/127.0.0."), "{status}");
 }

@@ -649,6 +649,12 @@ fn truncate(s: &str, max: usize) -> String {
     }
 }
 
+/// Whether a lookup failed because the platform rate limited the address it came from (yt-dlp
+/// reports the status in its message); the route planner then marks that address failing.
+pub fn rate_limited(e: &TrackException) -> bool {
+    e.cause.contains("HTTP Error 429")
+}
+
 fn is_youtube_id(id: &str) -> bool {
     id.len() == 11 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }

@@ -527,6 +527,12 @@ async fn read_loop(
                 let shared = shared.clone();
                 resolves.spawn(async move {
                     let result = resolver.resolve(&track, address).await;
+                    // A platform that rate limits the address marks it failing, as a load does.
+                    if let (Err(e), Some(address), Some(planner)) = (&result, address, &shared.config.route_planner) {
+                        if resolver::rate_limited(e) && planner.mark_failing(address, false) == Marked::New {
+                            warn!(worker = id, %address, "route planner: the platform rate limited the address; marked failing");
+                        }
+                    }
                     let _ = shared.send(id, &answer(result));
                     drop(permit);
                 });

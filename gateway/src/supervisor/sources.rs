@@ -109,7 +109,7 @@ impl Supervisor {
                             let result = r.load(&query, family, Some(address)).await;
                             // A platform that rate limits the address (yt-dlp's "HTTP Error 429")
                             // marks it failing, as the http source's 429s do.
-                            if matches!(&result, LoadResult::Error(e) if e.cause.contains("HTTP Error 429")) {
+                            if matches!(&result, LoadResult::Error(e) if super::resolver::rate_limited(e)) {
                                 let search = query.starts_with("ytsearch") || query.starts_with("scsearch") || query.contains("/search?");
                                 if planner.mark_failing(address, search) == crate::routeplanner::Marked::New {
                                     tracing::warn!(%address, search, "route planner: the platform rate limited the address; marked failing");

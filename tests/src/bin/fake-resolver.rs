@@ -3,7 +3,8 @@
 //! symlink whose name picks the misbehaviour (the environment is cleared, the name is not):
 //! `crash` exits on its first request, `hang` stops reading and answering after its hello,
 //! `garbage` answers its first request with a line that is not JSON, `late` answers every lookup
-//! 3 s late, `hog` grows past any sensible memory limit. Every mode says a valid hello first.
+//! 3 s late, `hog` grows past any sensible memory limit, `ratelimited` answers every lookup
+//! with yt-dlp's error for a 429. Every mode says a valid hello first.
 
 use serde_json::{json, Value};
 use std::io::{BufRead, Write};
@@ -52,6 +53,11 @@ fn main() {
                             std::thread::sleep(Duration::from_secs(3));
                             send(&out, json!({"type": answer, "id": req["id"], "result": {"loadType": "empty"}}));
                         });
+                    }
+                    "ratelimited" => {
+                        let error = json!({"message": "Something went wrong when looking up the track.", "severity": "suspicious",
+                                           "cause": "[youtube] x: Unable to download API page: HTTP Error 429: Too Many Requests"});
+                        send(&out, json!({"type": answer, "id": req["id"], "result": {"loadType": "error", "error": error}}));
                     }
                     _ => send(&out, json!({"type": answer, "id": req["id"], "result": {"loadType": "empty"}})),
                 }
