@@ -103,31 +103,32 @@ impl Supervisor {
                 }
             }
             Source::Resolver { query, family } => match resolver {
-                Some(r) => match self.route_planner() {
-                    Some(planner) => match planner.acquire() {
-                        Ok(address) => {
-                            let result = r.load(&query, family, Some(address)).await;
-                            // A platform that rate limits the address (yt-dlp's "HTTP Error 429")
-                            // marks it failing, as the http source's 429s do.
-                            if matches!(&result, LoadResult::Error(e) if super::resolver::rate_limited(e)) {
-                                let search = query.starts_with("ytsearch") || query.starts_with("scsearch") || query.contains("/search?");
-                                if planner.mark_failing(address, search) == crate::routeplanner::Marked::New {
-                                    tracing::warn!(%address, search, "route planner: the platform rate limited the address; marked failing");
-                                }
-                            }
-                            result
-                        }
-                        Err(why) => LoadResult::Error(TrackException {
-                            message: "No outbound address is free to make the request from.".into(),
-                            severity: ExceptionSeverity::Suspicious,
-                            cause: why,
-                        }),
-                    },
-                    None => r.load(&query, family, None).await,
-                },
+                Some(r) => self.look_up(r, &query, family).await,
                 None => LoadResult::Empty,
             },
         }
+    }
+
+    /// A lookup through the resolver, from a route planner address when there is a planner; a
+    /// platform that rate limits the address (yt-dlp's "HTTP Error 429") gets it marked failing,
+    /// as the http source's 429s do.
+    async fn look_up(&self, resolver: &super::resolver::Resolver, query: &str, family: Family) -> LoadResult {
+        let Some(planner) = self.route_planner() else { return resolver.load(query, family, None).await };
+        let address = match planner.acquire() {
+            Ok(a) => a,
+            Err(why) => {
+                let message = "No outbound address is free to make the request from.".into();
+                return LoadResult::Error(TrackException { message, severity: ExceptionSeverity::Suspicious, cause: why });
+            }
+        };
+        let result = resolver.load(query, family, Some(address)).await;
+        if matches!(&result, LoadResult::Error(e) if super::resolver::rate_limited(e)) {
+            let search = query.starts_with("ytsearch") || query.starts_with("scsearch") || query.contains("/search?");
+            if planner.mark_failing(address, search) == crate::routeplanner::Marked::New {
+                tracing::warn!(%address, search, "route planner: the platform rate limited the address; marked failing");
+            }
+        }
+        result
     }
 
     /// An address from the route planner for one lookup, if it has one.
