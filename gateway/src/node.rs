@@ -188,6 +188,7 @@ impl Node {
                     msg.push_str("\nWATCHDOG=1");
                 }
                 node.notifier.notify(&msg);
+                release_free_memory();
             }
         });
     }
@@ -256,4 +257,16 @@ async fn listen_for_signals(stop: CancellationToken, finished: CancellationToken
     }
     warn!("second stop signal: exiting immediately");
     std::process::exit(1);
+}
+
+/// Hands the allocator's free memory back to the system. glibc keeps freed memory for reuse:
+/// after clients pushed large bodies (1 MB `userData` on 150 players took the gateway from
+/// 25 to 324 MiB), it stayed at 286 MiB with no player left. Trimming on the heartbeat returns
+/// it (measured in BENCHMARKS.md); the walk over free chunks takes well under a millisecond at idle.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases memory the allocator holds free; it takes no pointers.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
