@@ -35,65 +35,94 @@ pub enum NoLease {
     Unavailable(String),
 }
 
+/// Requests sent to the gateway and waiting for its answer, by id.
+struct Waiters<T>(Mutex<HashMap<u64, oneshot::Sender<T>>>);
+
+impl<T> Default for Waiters<T> {
+    fn default() -> Self {
+        Self(Mutex::default())
+    }
+}
+
+impl<T> Waiters<T> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<T>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The gateway's answer to request `id`; unknown ids (late answers) are dropped.
+    fn deliver(&self, id: u64, answer: T) {
+        let waiter = self.lock().remove(&id);
+        if let Some(tx) = waiter {
+            let _ = tx.send(answer);
+        }
+    }
+}
+
+/// Why a request to the gateway got no answer.
+enum Unanswered {
+    /// The connection to the gateway is closed.
+    Closed,
+    /// No answer within the request's time.
+    Late,
+}
+
 pub struct Routes {
     out: mpsc::Sender<ToGateway>,
-    pending: Mutex<HashMap<u64, oneshot::Sender<Result<IpAddr, String>>>>,
-    resolving: Mutex<HashMap<u64, oneshot::Sender<Resolution>>>,
+    leases: Waiters<Result<IpAddr, String>>,
+    resolutions: Waiters<Resolution>,
     next: AtomicU64,
 }
 
 impl Routes {
     pub fn new(out: mpsc::Sender<ToGateway>) -> Self {
-        Self { out, pending: Mutex::default(), resolving: Mutex::default(), next: AtomicU64::new(1) }
+        Self { out, leases: Waiters::default(), resolutions: Waiters::default(), next: AtomicU64::new(1) }
     }
 
-    /// The gateway's answer to one of our requests; unknown ids (late answers) are dropped.
+    /// The gateway's answer to one of our lease requests.
     pub fn deliver(&self, id: u64, address: Result<IpAddr, String>) {
-        let waiter = self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-        if let Some(tx) = waiter {
-            let _ = tx.send(address);
-        }
+        self.leases.deliver(id, address);
     }
 
-    /// The gateway's answer to one of our resolve requests; unknown ids are dropped.
+    /// The gateway's answer to one of our resolve requests.
     pub fn deliver_resolved(&self, id: u64, result: Resolution) {
-        let waiter = self.resolving.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-        if let Some(tx) = waiter {
-            let _ = tx.send(result);
-        }
+        self.resolutions.deliver(id, result);
+    }
+
+    /// Sends the message `ask` makes for a fresh id and waits up to `timeout` for its answer.
+    async fn ask<T>(&self, waiters: &Waiters<T>, ask: impl FnOnce(u64) -> ToGateway, timeout: Duration) -> (u64, Result<T, Unanswered>) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        waiters.lock().insert(id, tx);
+        let answer = match self.out.send(ask(id)).await {
+            Ok(()) => match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(answer)) => Ok(answer),
+                _ => Err(Unanswered::Late),
+            },
+            Err(_) => Err(Unanswered::Closed),
+        };
+        waiters.lock().remove(&id);
+        (id, answer)
     }
 
     /// Asks the gateway's resolver for a platform track's stream.
     pub async fn resolve(&self, request: ResolveRequest) -> Result<ResolvedStream, LoadFailure> {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.resolving.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
-        let answer = match self.out.send(ToGateway::Resolve { id, request }).await {
-            Ok(()) => match tokio::time::timeout(RESOLVE_TIMEOUT, rx).await {
-                Ok(Ok(Ok(stream))) => Ok(stream),
-                Ok(Ok(Err(e))) => Err(LoadFailure::new(&e.message, e.severity, e.cause)),
-                _ => Err(LoadFailure::fault("The resolver did not answer.", "no answer from the gateway in time".into())),
-            },
-            Err(_) => Err(LoadFailure::fault("The resolver did not answer.", "the gateway connection is closed".into())),
-        };
-        self.resolving.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-        answer
+        let (_, answer) = self.ask(&self.resolutions, |id| ToGateway::Resolve { id, request }, RESOLVE_TIMEOUT).await;
+        match answer {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(e)) => Err(LoadFailure::new(&e.message, e.severity, e.cause)),
+            Err(Unanswered::Late) => Err(LoadFailure::fault("The resolver did not answer.", "no answer from the gateway in time".into())),
+            Err(Unanswered::Closed) => Err(LoadFailure::fault("The resolver did not answer.", "the gateway connection is closed".into())),
+        }
     }
 
     /// Asks the gateway's planner for the local address of one request.
     pub async fn acquire(&self) -> Result<Lease, NoLease> {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
-        let answer = match self.out.send(ToGateway::RouteAcquire { id }).await {
-            Ok(()) => match tokio::time::timeout(LEASE_TIMEOUT, rx).await {
-                Ok(Ok(a)) => a.map_err(NoLease::Exhausted),
-                _ => Err(NoLease::Unavailable("the gateway did not answer in time".into())),
-            },
-            Err(_) => Err(NoLease::Unavailable("the gateway connection is closed".into())),
-        };
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-        answer.map(|address| Lease { id, address })
+        let (id, answer) = self.ask(&self.leases, |id| ToGateway::RouteAcquire { id }, LEASE_TIMEOUT).await;
+        match answer {
+            Ok(address) => address.map(|address| Lease { id, address }).map_err(NoLease::Exhausted),
+            Err(Unanswered::Late) => Err(NoLease::Unavailable("the gateway did not answer in time".into())),
+            Err(Unanswered::Closed) => Err(NoLease::Unavailable("the gateway connection is closed".into())),
+        }
     }
 
     /// The request made with `lease` was rate limited, or its address could not be bound.

@@ -13,6 +13,7 @@
 use super::spawn::{self, SpawnSpec, Spawner};
 use super::Backoff;
 use crate::config::{ResolverSettings, SandboxMode, SourcesConfig};
+use crate::routeplanner::{Marked, RoutePlanner};
 use caldera_protocol::track::{MAX_UTF_LEN, STREAM_LENGTH};
 use caldera_protocol::{ExceptionSeverity, LoadResult, ResolveRequest, ResolvedStream, TrackData, TrackException, TrackInfo};
 use serde::{Deserialize, Serialize};
@@ -649,10 +650,12 @@ fn truncate(s: &str, max: usize) -> String {
     }
 }
 
-/// Whether a lookup failed because the platform rate limited the address it came from (yt-dlp
-/// reports the status in its message); the route planner then marks that address failing.
-pub fn rate_limited(e: &TrackException) -> bool {
-    e.cause.contains("HTTP Error 429")
+/// A lookup the platform rate limited (yt-dlp reports "HTTP Error 429" in its message) marks
+/// the address it came from failing in the route planner, as the http source's 429s do.
+pub fn mark_if_rate_limited(planner: &RoutePlanner, address: IpAddr, e: &TrackException, search: bool) {
+    if e.cause.contains("HTTP Error 429") && planner.mark_failing(address, search) == Marked::New {
+        warn!(%address, search, "route planner: the platform rate limited the address; marked failing");
+    }
 }
 
 fn is_youtube_id(id: &str) -> bool {

@@ -527,11 +527,8 @@ async fn read_loop(
                 let shared = shared.clone();
                 resolves.spawn(async move {
                     let result = resolver.resolve(&track, address).await;
-                    // A platform that rate limits the address marks it failing, as a load does.
                     if let (Err(e), Some(address), Some(planner)) = (&result, address, &shared.config.route_planner) {
-                        if resolver::rate_limited(e) && planner.mark_failing(address, false) == Marked::New {
-                            warn!(worker = id, %address, "route planner: the platform rate limited the address; marked failing");
-                        }
+                        resolver::mark_if_rate_limited(planner, address, e, false);
                     }
                     let _ = shared.send(id, &answer(result));
                     drop(permit);

@@ -110,8 +110,7 @@ impl Supervisor {
     }
 
     /// A lookup through the resolver, from a route planner address when there is a planner; a
-    /// platform that rate limits the address (yt-dlp's "HTTP Error 429") gets it marked failing,
-    /// as the http source's 429s do.
+    /// platform that rate limits the address gets it marked failing.
     async fn look_up(&self, resolver: &super::resolver::Resolver, query: &str, family: Family) -> LoadResult {
         let Some(planner) = self.route_planner() else { return resolver.load(query, family, None).await };
         let address = match planner.acquire() {
@@ -122,11 +121,9 @@ impl Supervisor {
             }
         };
         let result = resolver.load(query, family, Some(address)).await;
-        if matches!(&result, LoadResult::Error(e) if super::resolver::rate_limited(e)) {
+        if let LoadResult::Error(e) = &result {
             let search = query.starts_with("ytsearch") || query.starts_with("scsearch") || query.contains("/search?");
-            if planner.mark_failing(address, search) == crate::routeplanner::Marked::New {
-                tracing::warn!(%address, search, "route planner: the platform rate limited the address; marked failing");
-            }
+            super::resolver::mark_if_rate_limited(planner, address, e, search);
         }
         result
     }
