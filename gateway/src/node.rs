@@ -230,7 +230,7 @@ async fn relay(players: Arc<Players>, mut events: mpsc::Receiver<WorkerEvent>) {
     while let Some(event) = events.recv().await {
         match event {
             WorkerEvent::Player { worker, player, event } => players.on_event(worker, player, event),
-            WorkerEvent::Lost { worker, crashed } => players.on_worker_lost(worker, crashed),
+            WorkerEvent::Lost { worker, crashed, culprit } => players.on_worker_lost(worker, crashed, culprit),
             WorkerEvent::Ready { worker } => players.on_worker_ready(worker),
         }
     }

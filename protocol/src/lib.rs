@@ -1,9 +1,11 @@
 //! caldera-protocol: the only thing the gateway and its workers share.
 //!
-//! Data and codec only (STYLE §1): the IPC messages ([`messages`]), their framing ([`frame`]) and
-//! build identity ([`build`]). The tokio adapter sits behind the `tokio` feature.
+//! Data and codec only (STYLE §1): the IPC messages ([`messages`]), their framing ([`frame`]),
+//! build identity ([`build`]) and crash evidence ([`evidence`]). The tokio adapter sits behind the
+//! `tokio` feature.
 
 pub mod build;
+pub mod evidence;
 pub mod frame;
 pub mod messages;
 pub mod track;

@@ -134,6 +134,40 @@ fn a_file_that_exhausts_the_decoders_memory_is_quarantined() {
 }
 
 #[test]
+fn a_crashing_tracks_neighbours_are_not_quarantined() {
+    // Tone players on both workers, then the hostile track: it crashes its worker, is restored
+    // with that worker's tones on the other one and crashes it too. Its neighbours shared both
+    // crashes, but each crashing thread named the hostile track (crash evidence): only it is
+    // quarantined, and every tone plays on.
+    let rig = rig_configured(2, "", CEILING);
+    let tones = [7401, 7402, 7403, 7404];
+    for g in tones {
+        rig.play(g, &format!("/n{g}.wav"), sine_wav(440.0, 60.0, 48_000, 2, 0.5), json!({}));
+        rig.voice.wait_audio(g, 10, Duration::from_secs(10));
+    }
+    let hosts: Vec<u64> = tones.iter().map(|g| rig.worker_of(*g)).collect();
+    assert!(hosts.contains(&0) && hosts.contains(&1), "tones on both workers: {hosts:?}");
+    let crashed_at = Instant::now();
+    rig.play_encoded(7405, "/bomb.mp3", id3_bomb(DECLARED), "mp3");
+    let (_, exception) = rig.session.wait_event("TrackExceptionEvent", 7405, Duration::from_secs(10)).expect("the hostile track is quarantined");
+    assert!(exception["exception"]["message"].as_str().unwrap().contains("crashed its worker"), "{exception}");
+    assert!(rig.node.logs.wait_count("exit=killed by SIGABRT", 2, Duration::from_secs(5)), "both workers crashed");
+    assert_eq!(rig.node.logs.count("track quarantined"), 1);
+    // Every tone comes back on a new voice connection and plays its tone.
+    for g in tones {
+        let conn = caldera_tests::eventually(Duration::from_secs(20), &format!("guild {g} playing again"), || {
+            rig.voice.latest(g).filter(|c| c.created() > crashed_at && c.packets() >= 50)
+        });
+        assert!((conn.audio().non_silent().dominant_frequency() - 440.0).abs() < 9.0, "guild {g}");
+        let (_, player) = rig.session.get_player(g);
+        assert!(!player["track"].is_null(), "{player}");
+    }
+    let quarantined: Vec<Value> = rig.session.messages().iter().filter(|m| m["type"] == "TrackExceptionEvent").map(|m| m["guildId"].clone()).collect();
+    assert_eq!(quarantined, [json!("7405")], "only the hostile track");
+    assert_eq!(rig.node.logs.count("the worker's crashing thread named what it was working on"), 2);
+}
+
+#[test]
 fn loading_a_file_that_exhausts_memory_is_a_load_error() {
     let rig = rig_configured(2, "", CEILING);
     rig.media.route("/bomb.mp3", Route::file(id3_bomb(DECLARED), "audio/mpeg"));

@@ -3,6 +3,7 @@
 use crate::net::Net;
 use crate::routes::Routes;
 use crate::{process, Settings, WorkerConfig};
+use caldera_protocol::evidence::Culprit;
 use caldera_protocol::channel::{FrameReader, FrameWriter};
 use caldera_protocol::{
     build, ExceptionSeverity, FrameError, LoadRequest, LoadResult, PlayerCommand, ToGateway, ToWorker, TrackException, WorkerHello,
@@ -203,7 +204,7 @@ where
 /// Runs one load on a blocking thread, bounded by the configured timeout.
 async fn load(request: LoadRequest, settings: Settings, net: Net) -> LoadResult {
     let timeout = Duration::from_millis(settings.load_timeout_ms);
-    let task = tokio::task::spawn_blocking(move || crate::sources::load(&request, &settings, &net));
+    let task = tokio::task::spawn_blocking(move || crate::crash::working_on(Culprit::Load, || crate::sources::load(&request, &settings, &net)));
     match tokio::time::timeout(timeout, task).await {
         Ok(Ok(result)) => result,
         Ok(Err(e)) => LoadResult::Error(TrackException {

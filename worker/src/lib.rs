@@ -1,6 +1,7 @@
 //! caldera-worker as a library (STYLE §5): `run(config)` is the whole worker; the binary is a thin
 //! `main`. The worker connects to its gateway, proves it was spawned by it, then serves requests.
 
+mod crash;
 pub mod dsp;
 mod ipc;
 pub mod net;
@@ -41,6 +42,8 @@ pub enum WorkerError {
     ParentGone { expected: i32, actual: i32 },
     #[error("cannot set the parent-death signal: {0}")]
     ParentDeathSignal(nix::Error),
+    #[error("cannot install the crash handlers: {0}")]
+    CrashHandlers(std::io::Error),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
     #[error(transparent)]
@@ -59,6 +62,8 @@ pub struct WorkerConfig {
     pub sandbox: sandbox::Mode,
     /// Directories the local source reads (the sandbox lets the worker read them).
     pub local_dirs: Vec<String>,
+    /// The crash-evidence pipe's write end ([`crash`]), when the gateway gave one.
+    pub evidence_fd: Option<i32>,
 }
 
 impl WorkerConfig {
@@ -82,6 +87,10 @@ impl WorkerConfig {
             local_dirs: std::env::var("CALDERA_LOCAL_DIRS")
                 .map(|v| v.split('\n').filter(|d| !d.is_empty()).map(str::to_string).collect())
                 .unwrap_or_default(),
+            evidence_fd: match std::env::var(caldera_protocol::evidence::EVIDENCE_FD_ENV) {
+                Ok(v) => Some(v.parse().map_err(|_| WorkerError::InvalidEnv { name: caldera_protocol::evidence::EVIDENCE_FD_ENV, value: v })?),
+                Err(_) => None,
+            },
         })
     }
 }
@@ -101,7 +110,11 @@ pub fn run(config: WorkerConfig) -> Result<(), WorkerError> {
 pub fn run_with(config: WorkerConfig, confined: impl FnOnce(&sandbox::Report)) -> Result<(), WorkerError> {
     process::die_with_parent(config.gateway_pid)?;
     process::limit_malloc_arenas();
-    let report = sandbox::apply(config.sandbox, &sandbox::readable_paths(&config.local_dirs))?;
+    if let Some(fd) = config.evidence_fd {
+        crash::install(fd).map_err(WorkerError::CrashHandlers)?;
+    }
+    let keep: Vec<i32> = config.evidence_fd.into_iter().collect();
+    let report = sandbox::apply(config.sandbox, &sandbox::readable_paths(&config.local_dirs), &keep)?;
     confined(&report);
     match config.sandbox {
         sandbox::Mode::Off => tracing::warn!("SANDBOX OFF: this worker parses untrusted media without any confinement"),

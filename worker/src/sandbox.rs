@@ -73,12 +73,13 @@ pub fn readable_paths(local_dirs: &[String]) -> Vec<PathBuf> {
 }
 
 /// Applies the sandbox to the calling (only) thread and everything it starts later.
-pub fn apply(mode: Mode, readable: &[PathBuf]) -> Result<Report, SandboxError> {
+/// Inherited descriptors are closed, but for `keep`.
+pub fn apply(mode: Mode, readable: &[PathBuf], keep: &[i32]) -> Result<Report, SandboxError> {
     let mut report = Report::default();
     if mode == Mode::Off {
         return Ok(report);
     }
-    report.closed_fds = close_stray_fds();
+    report.closed_fds = close_stray_fds(keep);
     rlimits()?;
     report.landlock = landlock(&Access { read: readable, ..Access::default() })?;
     nix::sys::prctl::set_no_new_privs().map_err(SandboxError::NoNewPrivs)?;
@@ -119,7 +120,7 @@ pub fn exec_sandboxed(args: &[std::ffi::OsString]) -> SandboxError {
         return SandboxError::Landlock("--exec-sandboxed needs a program to run".into());
     };
     if mode != Mode::Off {
-        close_stray_fds();
+        close_stray_fds(&[]);
         if let Err(e) = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0) {
             return SandboxError::Rlimit("RLIMIT_CORE", e);
         }
@@ -147,13 +148,13 @@ pub fn exec_sandboxed(args: &[std::ffi::OsString]) -> SandboxError {
     SandboxError::Exec(e.to_string())
 }
 
-/// Closes every inherited descriptor above stderr.
-fn close_stray_fds() -> usize {
+/// Closes every inherited descriptor above stderr but `keep`.
+fn close_stray_fds(keep: &[i32]) -> usize {
     let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
         .map(|dir| dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
         .unwrap_or_default();
     let mut closed = 0;
-    for fd in fds.into_iter().filter(|fd| *fd > 2) {
+    for fd in fds.into_iter().filter(|fd| *fd > 2 && !keep.contains(fd)) {
         // The directory handle used for the listing is already closed; EBADF is fine.
         if nix::unistd::close(fd).is_ok() {
             closed += 1;

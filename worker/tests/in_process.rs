@@ -50,6 +50,7 @@ async fn start() -> (Gateway, tokio::task::JoinHandle<Result<(), caldera_worker:
         gateway_pid: std::process::id() as i32,
         sandbox: sandbox::Mode::Off,
         local_dirs: vec![fixtures()],
+        evidence_fd: None,
     };
     let worker = tokio::spawn(async move { serve_connection(theirs, &config).await });
     let (read, write) = ours.into_split();
@@ -120,6 +121,7 @@ async fn a_worker_needs_its_settings_right_after_the_hello() {
         gateway_pid: 1,
         sandbox: sandbox::Mode::Off,
         local_dirs: Vec::new(),
+        evidence_fd: None,
     };
     let worker = tokio::spawn(async move { serve_connection(theirs, &config).await });
     let (read, write) = ours.into_split();

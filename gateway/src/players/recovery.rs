@@ -5,11 +5,14 @@
 //! non-zero exit, flooding its connection) marks the tracks it was playing. A worker killed from
 //! outside (SIGKILL by an operator or the kernel), stopped (SIGSTOP, then killed for missed
 //! pings) or jammed convicts nobody, and a mark expires once its track has played on for
-//! [`MARK_EXPIRES_MS`].
+//! [`MARK_EXPIRES_MS`]. When the crashing thread named what it was working on (crash evidence,
+//! [`Culprit`]), only that track is marked: its neighbours on the worker are not, nor is anybody
+//! when a load crashed it.
 
 use super::player::{track_end, Player};
 use super::{Commands, Players};
 use crate::lavalink::{Event, Exception, Op, Severity};
+use caldera_protocol::evidence::Culprit;
 use caldera_protocol::{EndReason, PlayerCommand};
 use std::collections::HashMap;
 use tracing::{info, warn};
@@ -24,7 +27,7 @@ impl Players {
     /// it is quarantined (TrackException `fault` + TrackEnd `loadFailed`) instead of crashing a
     /// third worker. For frameStats the lost minute counts as deficit, not as missing data (§4.4).
     /// Players no healthy worker can take are stranded until one is ready ([`Self::on_worker_ready`]).
-    pub fn on_worker_lost(&self, worker: u32, crashed: bool) {
+    pub fn on_worker_lost(&self, worker: u32, crashed: bool, culprit: Option<Culprit>) {
         let now_ms = crate::clock::unix_ms();
         let mut guard = self.lock();
         let reg = &mut *guard;
@@ -34,11 +37,15 @@ impl Players {
                 p.report_frames(0, 0);
                 p.state.connected = false;
                 p.state.ping_ms = -1;
-                // Quarantine: this loss is a crash, and the same track was playing in this
-                // player's previous crash, not long ago.
+                // This crash is evidence against the player's track, unless the crashing thread
+                // named something else.
                 let current = p.track.as_ref().map(|t| t.seq);
+                let convicted = crashed
+                    && current.is_some_and(|track_seq| culprit.is_none_or(|c| c == Culprit::Track { player: p.id, track_seq }));
+                // Quarantine: convicted, and the same track was playing in this player's previous
+                // crash, not long ago.
                 let marked = p.crashed_with.filter(|(_, at)| now_ms - at < MARK_EXPIRES_MS).map(|(seq, _)| seq);
-                if crashed && current.is_some() && current == marked {
+                if convicted && current == marked {
                     if let Some(t) = p.track.take() {
                         p.live_tracks.remove(&t.seq);
                         let cause = "worker process exited during playback".to_string();
@@ -54,7 +61,7 @@ impl Players {
                     }
                 }
                 p.lost_with = p.track.as_ref().map(|t| t.seq);
-                if crashed {
+                if convicted {
                     p.crashed_with = p.lost_with.map(|seq| (seq, now_ms));
                 }
                 p.state.position_ms = p.position_at_loss(now_ms, self.report_every_ms);

@@ -12,6 +12,7 @@ pub use slot::{Backoff, WorkerState, WorkerStatus};
 
 use crate::config::{ResolverSettings, SandboxMode, Settings, SourcesConfig};
 use crate::routeplanner::RoutePlanner;
+use caldera_protocol::evidence::Culprit;
 use caldera_protocol::{Encoded, ExceptionSeverity, LoadRequest, LoadResult, PlayerEvent, ToWorker, TrackException, WorkerSettings, MAX_FRAME_LEN};
 use spawn::{SpawnSpec, Spawner};
 use std::collections::HashMap;
@@ -188,8 +189,9 @@ pub(crate) struct Shared {
 pub enum WorkerEvent {
     Player { worker: u32, player: u64, event: PlayerEvent },
     /// The worker's process is gone, with every player it hosted. `crashed`: by its own doing
-    /// (a crash signal, a non-zero exit, flooding), which is evidence against what it played.
-    Lost { worker: u32, crashed: bool },
+    /// (a crash signal, a non-zero exit, flooding), which is evidence against what it played;
+    /// `culprit`: what its crashing thread said it was working on, narrowing that evidence.
+    Lost { worker: u32, crashed: bool, culprit: Option<Culprit> },
     /// The worker said hello and takes players (stranded ones may be restored on it).
     Ready { worker: u32 },
 }
@@ -242,10 +244,14 @@ impl Shared {
         self.requests.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, (w, _)| *w != worker_id);
     }
 
-    /// The registry hears that a worker's players are gone, and whether it crashed.
-    pub async fn worker_lost(&self, worker_id: u32, crashed: bool) {
+    /// The registry hears that a worker's players are gone, whether it crashed and, if its
+    /// crashing thread said so, what it was working on.
+    pub async fn worker_lost(&self, worker_id: u32, crashed: bool, culprit: Option<Culprit>) {
         self.worker_disconnected(worker_id);
-        let _ = self.player_events.send(WorkerEvent::Lost { worker: worker_id, crashed }).await;
+        if let Some(culprit) = culprit.filter(|_| crashed) {
+            info!(worker = worker_id, ?culprit, "the worker's crashing thread named what it was working on");
+        }
+        let _ = self.player_events.send(WorkerEvent::Lost { worker: worker_id, crashed, culprit }).await;
     }
 
     fn in_flight(&self, worker_id: u32) -> usize {
@@ -266,7 +272,7 @@ impl Shared {
                 env.push((key.into(), v));
             }
         }
-        SpawnSpec { binary: self.config.worker_binary.clone(), args: Vec::new(), env, piped: false }
+        SpawnSpec { binary: self.config.worker_binary.clone(), args: Vec::new(), env, piped: false, evidence: true }
     }
 }
 

@@ -402,6 +402,7 @@ impl Resolver {
             args: vec!["--exec-sandboxed".into(), python.clone().into_os_string(), dir.join("caldera_resolver.py").into_os_string()],
             env,
             piped: true,
+            evidence: false,
         }
     }
 

@@ -1,7 +1,7 @@
 //! One worker slot: spawn → hello → serve (ping, read) → exit → backoff → spawn again.
 
 use super::ipc::WorkerConn;
-use super::spawn::{self, SpawnedChild};
+use super::spawn::{self, Evidence, SpawnedChild};
 use super::{resolver, Outbound, Shared, WorkerEvent};
 use crate::routeplanner::Marked;
 use crate::telemetry;
@@ -202,7 +202,7 @@ async fn run_once(shared: &Arc<Shared>, id: u32, cancel: &CancellationToken) -> 
             return Outcome::Ended { healthy: false };
         }
     };
-    let SpawnedChild { pid, mut exited, .. } = child;
+    let SpawnedChild { pid, mut exited, evidence, .. } = child;
     shared.update(id, |s| s.pid = Some(pid));
 
     let conn = tokio::select! {
@@ -240,7 +240,7 @@ async fn run_once(shared: &Arc<Shared>, id: u32, cancel: &CancellationToken) -> 
         let _ = exited.await;
         return Outcome::Ended { healthy: false };
     }
-    serve(shared, id, pid, conn, exited, cancel).await
+    serve(shared, id, pid, conn, (exited, evidence), cancel).await
 }
 
 /// Ping bookkeeping shared between the pinger and the reader.
@@ -257,7 +257,7 @@ async fn serve(
     id: u32,
     pid: u32,
     conn: WorkerConn,
-    mut exited: tokio::sync::oneshot::Receiver<std::process::ExitStatus>,
+    (mut exited, mut evidence): (tokio::sync::oneshot::Receiver<std::process::ExitStatus>, Option<Evidence>),
     cancel: &CancellationToken,
 ) -> Outcome {
     let WorkerConn { hello, reader, mut writer, .. } = conn;
@@ -351,7 +351,7 @@ async fn serve(
                 let why = status.as_ref().map(spawn::describe).unwrap_or_else(|_| "unknown exit".into());
                 error!(pid, exit = %why, "worker exited");
                 shared.update(id, |s| s.last_exit = Some(why));
-                shared.worker_lost(id, status.as_ref().is_ok_and(spawn::is_crash)).await;
+                shared.worker_lost(id, status.as_ref().is_ok_and(spawn::is_crash), evidence.as_mut().and_then(Evidence::culprit)).await;
                 return Outcome::Ended { healthy: started.elapsed() >= HEALTHY_AFTER };
             }
             _ = cancel.cancelled() => {
@@ -372,7 +372,7 @@ async fn serve(
         (None, Ok(Ok(status))) => spawn::is_crash(status),
         (None, _) => false,
     };
-    shared.worker_lost(id, crashed).await;
+    shared.worker_lost(id, crashed, evidence.as_mut().and_then(Evidence::culprit)).await;
     match exit {
         Ok(status) => {
             let why = status.map(|s| spawn::describe(&s)).unwrap_or_else(|_| "unknown exit".into());

@@ -4,7 +4,10 @@
 //! blocking-pool threads come and go, so every fork happens on this dedicated thread, which lives
 //! as long as the gateway. Each child is reaped by its own waiter thread (no zombies).
 
+use caldera_protocol::evidence::{Culprit, EVIDENCE_FD_ENV};
+use nix::fcntl::OFlag;
 use nix::sys::signal::Signal;
+use std::os::fd::AsRawFd;
 use std::ffi::OsString;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
@@ -21,6 +24,9 @@ pub struct SpawnSpec {
     /// Give the child pipes for stdin, stdout and stderr (the resolver speaks over them);
     /// otherwise stdin is null and the rest are inherited.
     pub piped: bool,
+    /// Give the child a crash-evidence pipe ([`caldera_protocol::evidence`]); its write end's
+    /// number goes into the child's environment.
+    pub evidence: bool,
 }
 
 /// A running child: its pid and a receiver that resolves once it has exited and been reaped.
@@ -30,6 +36,29 @@ pub struct SpawnedChild {
     pub exited: oneshot::Receiver<ExitStatus>,
     /// stdin, stdout, stderr when [`SpawnSpec::piped`].
     pub pipes: Option<(ChildStdin, ChildStdout, ChildStderr)>,
+    /// The evidence pipe's read end (non-blocking) when [`SpawnSpec::evidence`].
+    pub evidence: Option<Evidence>,
+}
+
+/// The read end of a child's crash-evidence pipe.
+#[derive(Debug)]
+pub struct Evidence(std::fs::File);
+
+impl Evidence {
+    /// What the child's crashing thread was working on, if it said so, once the child is gone.
+    /// Anything but one well-formed record names nobody.
+    pub fn culprit(&mut self) -> Option<Culprit> {
+        use std::io::Read;
+        let mut buf = [0u8; Culprit::LEN + 1];
+        let mut len = 0;
+        while len < buf.len() {
+            match self.0.read(&mut buf[len..]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => len += n,
+            }
+        }
+        Culprit::decode(&buf[..len])
+    }
 }
 
 struct Request {
@@ -70,15 +99,32 @@ fn spawn_now(spec: &SpawnSpec) -> std::io::Result<SpawnedChild> {
     } else {
         cmd.stdin(Stdio::null()).stdout(Stdio::inherit()).stderr(Stdio::inherit());
     }
+    // Both ends close on exec; the child's copy of the write end is kept open for it alone below.
+    let evidence = match spec.evidence {
+        true => {
+            let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+            cmd.env(EVIDENCE_FD_ENV, write.as_raw_fd().to_string());
+            Some((read, write))
+        }
+        false => None,
+    };
+    let inherited = evidence.as_ref().map(|(_, write)| write.as_raw_fd());
     // SAFETY: the closure runs in the forked child before exec and only makes the async-signal-safe
-    // prctl(2) syscall; it touches no locks or allocations.
+    // prctl(2) and fcntl(2) syscalls; it touches no locks or allocations.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+            if let Some(fd) = inherited {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             Ok(())
         });
     }
     let mut child = cmd.spawn()?;
+    // The parent's write end closes here, so the read end sees the end once the child is gone.
+    let evidence = evidence.map(|(read, _write)| Evidence(read.into()));
     let pid = child.id();
     let pipes = match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
         (Some(i), Some(o), Some(e)) => Some((i, o, e)),
@@ -89,7 +135,7 @@ fn spawn_now(spec: &SpawnSpec) -> std::io::Result<SpawnedChild> {
         let status = child.wait().unwrap_or_else(|_| ExitStatus::from_raw(0));
         let _ = tx.send(status);
     })?;
-    Ok(SpawnedChild { pid, exited, pipes })
+    Ok(SpawnedChild { pid, exited, pipes, evidence })
 }
 
 /// Sends SIGKILL to a child that has not been reaped yet.

@@ -85,7 +85,7 @@ fn main() -> ExitCode {
     if let [_, flag, mode] = args.as_slice() {
         if flag == "--standalone" {
             let Some(mode) = Mode::parse(mode) else { return ExitCode::FAILURE };
-            return match sandbox::apply(mode, &sandbox::readable_paths(&[])) {
+            return match sandbox::apply(mode, &sandbox::readable_paths(&[]), &[]) {
                 Ok(report) => {
                     probe(&report);
                     ExitCode::SUCCESS

@@ -11,6 +11,7 @@ use super::pool::Fill;
 use super::Internal;
 use crate::net::Gauge;
 use crate::sources::{self, LoadFailure};
+use caldera_protocol::evidence::Culprit;
 use caldera_protocol::{ResamplingQuality, TrackData, TrackException};
 use rubato::{FastFixedIn, FftFixedIn, PolynomialDegree, Resampler};
 use std::sync::{Arc, Mutex};
@@ -32,11 +33,13 @@ pub struct TrackDecoder {
     state: Mutex<Option<Decoding>>,
     /// Where a finished seek is announced: the player's events and the track's number.
     seeked: (UnboundedSender<Internal>, u64),
+    /// Whose media this is, should decoding it crash the worker.
+    culprit: Culprit,
 }
 
 impl TrackDecoder {
-    pub fn new(buffer: Arc<TrackBuffer>, seeked: (UnboundedSender<Internal>, u64)) -> Self {
-        Self { buffer, state: Mutex::new(None), seeked }
+    pub fn new(buffer: Arc<TrackBuffer>, seeked: (UnboundedSender<Internal>, u64), culprit: Culprit) -> Self {
+        Self { buffer, state: Mutex::new(None), seeked, culprit }
     }
 
     /// The source is open: decoding can start.
@@ -52,6 +55,12 @@ impl TrackDecoder {
 
 impl Fill for TrackDecoder {
     fn fill(&self) {
+        crate::crash::working_on(self.culprit, || self.fill_now());
+    }
+}
+
+impl TrackDecoder {
+    fn fill_now(&self) {
         let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let Some(d) = guard.as_mut() else { return };
         let result = loop {

@@ -9,6 +9,7 @@ mod feed;
 mod ping;
 pub mod pool;
 
+use caldera_protocol::evidence::Culprit;
 use caldera_protocol::{
     EndReason, ExceptionSeverity, PlayerCommand, PlayerEvent, PlayerState, ToGateway, TrackData, TrackException,
     VoiceServer,
@@ -287,12 +288,13 @@ impl Player {
         self.emit(PlayerEvent::TrackStart { track_seq: seq }).await;
         let audio = self.settings.audio;
         let buffer = Arc::new(TrackBuffer::new(audio.buffer_ms as usize * SAMPLE_RATE as usize / 1000, start_ms));
-        let decoder = Arc::new(TrackDecoder::new(buffer.clone(), (self.internal_tx.clone(), seq)));
+        let culprit = Culprit::Track { player: self.id, track_seq: seq };
+        let decoder = Arc::new(TrackDecoder::new(buffer.clone(), (self.internal_tx.clone(), seq), culprit));
         let ticket = pool::Ticket::new(&self.services.pool, decoder.clone());
         // Opening (network, probing) happens off the pool; then the pool decodes in turns.
         let (settings, net, opening, ready) = (self.settings.clone(), self.services.net.clone(), buffer.clone(), ticket.clone());
         let info = track.info.clone();
-        self.background.spawn_blocking(move || match Decoding::open(&track, &settings, &net) {
+        self.background.spawn_blocking(move || match crate::crash::working_on(culprit, || Decoding::open(&track, &settings, &net)) {
             Ok(decoding) => {
                 let frames_ms = if decoding.passes_opus() { audio.frame_buffer_ms } else { audio.buffer_ms };
                 decoder.opened(decoding, frames_ms as usize * SAMPLE_RATE as usize / 1000);
