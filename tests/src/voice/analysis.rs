@@ -21,6 +21,8 @@ pub struct Frame {
     pub opus: Arc<[u8]>,
     /// Decoded PCM, interleaved stereo `[l, r, l, r, ...]` at 48 kHz (960 frames for 20 ms).
     pub pcm: Arc<[i16]>,
+    /// The frame arrived end-to-end encrypted (DAVE); `opus` is what it decrypted to.
+    pub e2ee: bool,
 }
 
 impl Frame {
@@ -388,6 +390,7 @@ mod tests {
                 timestamp: i as u32 * 960,
                 opus: Arc::from(&SILENCE_FRAME[..]),
                 pcm: zero_pcm(1920),
+                e2ee: false,
             })
             .collect();
         let a = Audio::new(frames);

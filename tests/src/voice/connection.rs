@@ -29,6 +29,8 @@ pub(crate) enum Control {
     Abort { done: std::sync::mpsc::Sender<()> },
     /// Send this text message.
     Send(String),
+    /// A DAVE request from the test.
+    Dave(super::dave::Command),
 }
 
 /// The websocket currently attached to a connection (a resume attaches a new one).
@@ -59,6 +61,38 @@ pub(crate) struct State {
     pub(crate) ws_closes: Vec<(u16, String)>,
     pub(crate) frames: VecDeque<Frame>,
     pub(crate) dropped_frames: usize,
+    pub(crate) dave: DaveCounters,
+}
+
+/// What the double saw of DAVE on one connection.
+#[derive(Default, Clone, Debug)]
+pub struct DaveCounters {
+    /// op 4 offered DAVE (protocol 1).
+    pub negotiated: bool,
+    /// The client is ready in the group (its op 23 for a transition to protocol 1 arrived)
+    /// and no reset or downgrade was started since.
+    pub joined: bool,
+    /// Since when every audio frame must arrive end-to-end encrypted: the arrival of the first
+    /// encrypted frame after the client joined. The client's sender is one thread sending in
+    /// order, so a plain frame after that one was built after DAVE was ready. `None` before, and
+    /// from the moment the double starts a reset (op 24, an invalid commit) or a downgrade.
+    pub expected_since: Option<Instant>,
+    /// Transitions executed (op 22 sent), as their protocol versions, in order.
+    pub transitions: Vec<u16>,
+    /// Audio frames that arrived end-to-end encrypted and decrypted.
+    pub e2ee_frames: usize,
+    /// Audio frames (not the Opus silence frame) that arrived plain while DAVE was expected.
+    pub plain_frames_while_expected: usize,
+    /// Frames with the DAVE marker that did not decrypt.
+    pub decrypt_failures: usize,
+    /// Key packages received (op 26): one per join or rejoin.
+    pub key_packages: usize,
+    /// op 31 received: the client refused a commit or welcome.
+    pub invalid_commits: usize,
+    /// The group's epoch as the other member sees it.
+    pub epoch: Option<u64>,
+    /// Protocol errors on the double's side (unexpected messages, failed MLS steps).
+    pub errors: Vec<String>,
 }
 
 pub(crate) struct Inner {
@@ -66,6 +100,8 @@ pub(crate) struct Inner {
     pub(crate) created: Instant,
     pub(crate) state: Mutex<State>,
     pub(crate) changed: Condvar,
+    /// The connection's DAVE link, once negotiated (the websocket task and the decoder share it).
+    pub(crate) dave: Mutex<Option<super::dave::DaveLink>>,
 }
 
 impl Inner {
@@ -95,7 +131,9 @@ impl Inner {
                 ws_closes: Vec::new(),
                 frames: VecDeque::new(),
                 dropped_frames: 0,
+                dave: DaveCounters::default(),
             }),
+            dave: Mutex::new(None),
             changed: Condvar::new(),
         }
     }
@@ -306,6 +344,58 @@ impl Connection {
             let s = self.inner.lock();
             let _ = self.inner.changed.wait_timeout(s, left.min(Duration::from_millis(50)));
         }
+    }
+
+    /// What the double saw of DAVE on this connection.
+    pub fn dave(&self) -> DaveCounters {
+        self.with(|s| s.dave.clone())
+    }
+
+    /// Waits until DAVE is expected (the transition to protocol 1 executed) and at least
+    /// `frames` frames arrived end-to-end encrypted since; false on timeout.
+    pub fn wait_e2ee(&self, frames: usize, timeout: Duration) -> bool {
+        self.wait_until(timeout, |s| s.dave.expected_since.is_some() && s.dave.e2ee_frames >= frames)
+    }
+
+    /// The audio from [`DaveCounters::expected_since`] on (empty while DAVE is not expected).
+    pub fn e2ee_audio(&self) -> Audio {
+        self.with(|s| match s.dave.expected_since {
+            Some(t) => Audio::new(s.frames.iter().filter(|f| f.arrival >= t).cloned().collect()),
+            None => Audio::new(Vec::new()),
+        })
+    }
+
+    /// Waits until `f` holds of the DAVE counters; false on timeout.
+    pub fn wait_dave(&self, timeout: Duration, mut f: impl FnMut(&DaveCounters) -> bool) -> bool {
+        self.wait_until(timeout, |s| f(&s.dave))
+    }
+
+    /// Adds a member to the call: op 11 naming it, then op 27 with an external proposal adding
+    /// its key package; the client commits (op 28), the double announces the commit (op 29),
+    /// and the epoch advances. False if no websocket is attached.
+    pub fn add_dave_member(&self) -> bool {
+        self.dave_command(super::dave::Command::AddMember)
+    }
+
+    /// Downgrades the call to protocol 0 (op 21, then op 22 once the client is ready): audio
+    /// goes on transport-encrypted only.
+    pub fn downgrade_dave(&self) -> bool {
+        self.dave_command(super::dave::Command::Downgrade)
+    }
+
+    /// Prepares epoch 1 (op 24): the client starts over with a new key package and is welcomed
+    /// into a new group.
+    pub fn prepare_dave_epoch(&self) -> bool {
+        self.dave_command(super::dave::Command::PrepareEpoch)
+    }
+
+    /// Announces a commit that is not MLS (op 29): the client refuses it (op 31) and starts over.
+    pub fn send_invalid_commit(&self) -> bool {
+        self.dave_command(super::dave::Command::InvalidCommit)
+    }
+
+    fn dave_command(&self, command: super::dave::Command) -> bool {
+        self.with(|s| s.ws.as_ref().is_some_and(|l| l.tx.send(Control::Dave(command)).is_ok()))
     }
 
     /// Snapshot of everything decoded so far.

@@ -26,17 +26,25 @@
 //!   known `(server_id, session_id)` → op 8 + op 9, re-attaching the websocket to the existing
 //!   [`Connection`] (unknown session → close 4006). Other ops are recorded in
 //!   [`Connection::other_messages`].
+//! * DAVE (end-to-end encryption over MLS) when a test asks for it
+//!   ([`VoiceServer::enable_dave`]): op 4 offers protocol 1, and the double is the call's voice
+//!   server and its other member ([`PEER_USER_ID`]): it welcomes the client into the MLS group,
+//!   decrypts its frames and counts what arrived encrypted and plain ([`Connection::dave`]); tests
+//!   can add a member, downgrade, prepare a new epoch or send an invalid commit. See `dave.rs`.
 //! * One UDP socket for every connection: IP discovery answered from it, 4-byte keepalives
 //!   counted and echoed, RTP routed by SSRC, decrypted, decoded by libopus (48 kHz stereo) and
 //!   stored (capped at 10 minutes per connection, see [`VoiceServer::set_audio_cap`]).
 
 mod analysis;
 mod connection;
+mod dave;
+mod dave_peer;
 mod rtp;
 mod server;
 mod tls;
 
 pub use analysis::{dominant_frequency, Audio, Frame, FRAME_SAMPLES, SAMPLE_RATE, SILENCE_DBFS};
-pub use connection::{Connection, Identify};
+pub use connection::{Connection, DaveCounters, Identify};
+pub use dave::{FIRST_ADDED_USER_ID, PEER_USER_ID};
 pub use rtp::{MODE_AES256_GCM, MODE_XCHACHA20};
 pub use server::{VoiceServer, DEFAULT_AUDIO_CAP, HEARTBEAT_INTERVAL_MS};

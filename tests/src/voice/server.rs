@@ -21,6 +21,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::analysis::{FRAME_SAMPLES, zero_pcm, Frame, SILENCE_FRAME};
 use super::connection::{Connection, Control, Identify, Inner, WsLink};
+use super::dave::{self, DaveLink, Effect, Out};
 use super::rtp::{self, Cipher, MODE_AES256_GCM, MODE_XCHACHA20};
 use super::tls;
 
@@ -58,6 +59,8 @@ pub(crate) struct Shared {
     audio_cap_frames: AtomicUsize,
     /// Whether received Opus is decoded (benchmarks at scale turn it off: arrival is enough).
     decode: std::sync::atomic::AtomicBool,
+    /// The channel id whose calls negotiate DAVE (0: none do).
+    dave_channel: AtomicU64,
     tcp_accepted: AtomicUsize,
     tls_failures: AtomicUsize,
     ws_failures: AtomicUsize,
@@ -112,6 +115,7 @@ impl VoiceServer {
             next_link: AtomicU64::new(1),
             audio_cap_frames: AtomicUsize::new(frames_for(DEFAULT_AUDIO_CAP)),
             decode: std::sync::atomic::AtomicBool::new(true),
+            dave_channel: AtomicU64::new(0),
             tcp_accepted: AtomicUsize::new(0),
             tls_failures: AtomicUsize::new(0),
             ws_failures: AtomicUsize::new(0),
@@ -169,6 +173,13 @@ impl VoiceServer {
     /// compete with the node for the same cores.
     pub fn set_decoding(&self, on: bool) {
         self.shared.decode.store(on, Ordering::Relaxed);
+    }
+
+    /// Negotiates DAVE (protocol 1) with clients that support it, for calls in `channel_id`
+    /// (the MLS group id: Discord's server knows the channel, the double is told). Applies to
+    /// sessions described from now on.
+    pub fn enable_dave(&self, channel_id: u64) {
+        self.shared.dave_channel.store(channel_id, Ordering::Relaxed);
     }
 
     pub fn set_audio_cap(&self, cap: Duration) {
@@ -354,9 +365,22 @@ async fn serve_ws(shared: Arc<Shared>, acceptor: TlsAcceptor, tcp: TcpStream) {
                     }
                 }
                 Some(Ok(Message::Binary(bytes))) => {
-                    if let Some(c) = &ctx.conn {
-                        let len = bytes.len();
-                        c.update(|s| s.other_messages.push(serde_json::json!({ "binary": len })));
+                    if let Some(c) = ctx.conn.clone() {
+                        let handled = match bytes.split_first() {
+                            Some((op, payload)) => dave_step(&c, |link| Some(link.on_binary(*op, payload))),
+                            None => None,
+                        };
+                        match handled {
+                            Some(out) => {
+                                if let Err(end) = send_dave(&mut ws, out).await {
+                                    break end;
+                                }
+                            }
+                            None => {
+                                let len = bytes.len();
+                                c.update(|s| s.other_messages.push(serde_json::json!({ "binary": len })));
+                            }
+                        }
                     }
                 }
                 Some(Ok(Message::Close(frame))) => {
@@ -390,6 +414,12 @@ async fn serve_ws(shared: Arc<Shared>, acceptor: TlsAcceptor, tcp: TcpStream) {
                 Control::Send(text) => {
                     if let Err(e) = ws.send(Message::text(text)).await {
                         break End::Gone(1006, format!("send failed: {e}"));
+                    }
+                }
+                Control::Dave(command) => {
+                    let out = ctx.conn.clone().and_then(|c| dave_step(&c, |link| Some(link.command(command))));
+                    if let Err(end) = send_dave(&mut ws, out.unwrap_or_default()).await {
+                        break end;
                     }
                 }
             }
@@ -500,6 +530,21 @@ async fn handle_text(ctx: &mut WsCtx, ws: &mut Ws, text: &str) -> Result<(), End
             };
             let address = data["address"].as_str().map(str::to_string);
             let port = data["port"].as_u64().and_then(|p| u16::try_from(p).ok());
+            // DAVE when the test asked for it and the client supports it.
+            let identify = conn.lock().identify.clone();
+            let channel = ctx.shared.dave_channel.load(Ordering::Relaxed);
+            let dave = if channel != 0 && identify.max_dave_protocol_version.unwrap_or(0) >= 1 {
+                match DaveLink::start(channel, identify.user_id) {
+                    Ok((link, out)) => Some((link, out)),
+                    Err(e) => {
+                        conn.update(|s| s.dave.errors.push(format!("cannot start DAVE: {e}")));
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            let version = u64::from(dave.is_some());
             conn.update(|s| {
                 s.mode = Some(mode.clone());
                 s.secret_key = Some(key);
@@ -512,10 +557,18 @@ async fn handle_text(ctx: &mut WsCtx, ws: &mut Ws, text: &str) -> Result<(), End
                 serde_json::json!({
                     "mode": mode,
                     "secret_key": key.to_vec(),
-                    "dave_protocol_version": 0,
+                    "dave_protocol_version": version,
                 }),
             )
             .await?;
+            if let Some((link, out)) = dave {
+                *conn.dave.lock().unwrap_or_else(|e| e.into_inner()) = Some(link);
+                conn.update(|s| {
+                    s.dave.negotiated = true;
+                    s.dave.epoch = None;
+                });
+                send_dave(ws, out).await?;
+            }
         }
         // Heartbeat
         3 => {
@@ -558,10 +611,50 @@ async fn handle_text(ctx: &mut WsCtx, ws: &mut Ws, text: &str) -> Result<(), End
             send(ws, 9, serde_json::Value::Null).await?;
         }
         _ => {
-            if let Some(c) = &ctx.conn {
-                c.update(|s| s.other_messages.push(msg));
+            let Some(c) = ctx.conn.clone() else { return Ok(()) };
+            match dave_step(&c, |link| link.on_json(op, &d)) {
+                Some(out) => send_dave(ws, out).await?,
+                None => c.update(|s| s.other_messages.push(msg)),
             }
         }
+    }
+    Ok(())
+}
+
+/// Runs one step of the connection's DAVE link (if it has one and `f` handles the message) and
+/// books its effect; returns what to send.
+fn dave_step(conn: &Inner, f: impl FnOnce(&mut DaveLink) -> Option<Effect>) -> Option<Vec<Out>> {
+    let (effect, epoch) = {
+        let mut link = conn.dave.lock().unwrap_or_else(|e| e.into_inner());
+        let link = link.as_mut()?;
+        let effect = f(link)?;
+        (effect, link.epoch())
+    };
+    conn.update(|s| {
+        let d = &mut s.dave;
+        d.key_packages += effect.key_packages;
+        d.invalid_commits += effect.invalid_commits;
+        d.errors.extend(effect.errors);
+        d.epoch = epoch;
+        if let Some(version) = effect.executed {
+            d.transitions.push(version);
+            d.joined = version != 0;
+        }
+        if effect.leaving {
+            d.joined = false;
+            d.expected_since = None;
+        }
+    });
+    Some(effect.out)
+}
+
+async fn send_dave(ws: &mut Ws, out: Vec<Out>) -> Result<(), End> {
+    for o in out {
+        let msg = match o {
+            Out::Json(op, d) => Message::text(message(op, &d)),
+            Out::Binary(op, payload) => Message::binary([[op].as_slice(), &payload].concat()),
+        };
+        ws.send(msg).await.map_err(|e| End::Gone(1006, format!("send failed: {e}")))?;
     }
     Ok(())
 }
@@ -624,12 +717,37 @@ async fn decode_loop(conn: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Datagram>
     while let Some(dg) = rx.recv().await {
         let Some(header) = rtp::parse_header(&dg.data) else { continue };
         let cipher = conn.lock().cipher.clone();
-        let Some(opus) = cipher.and_then(|c| rtp::decrypt(&c, &dg.data)) else {
+        let Some(payload) = cipher.and_then(|c| rtp::decrypt(&c, &dg.data)) else {
             conn.update(|s| {
                 s.decrypt_errors += 1;
                 s.client_udp.get_or_insert(dg.from);
             });
             continue;
+        };
+        // End-to-end encrypted (the marker), or plain: the silence frame is never encrypted,
+        // anything else plain while DAVE is expected is counted.
+        let e2ee = dave::is_e2ee(&payload);
+        let opus = if e2ee {
+            let decrypted = conn.dave.lock().unwrap_or_else(|e| e.into_inner()).as_mut().map(|link| link.decrypt(&payload));
+            match decrypted {
+                Some(Ok(opus)) => opus,
+                failed => {
+                    let why = match failed {
+                        Some(Err(e)) => e,
+                        _ => "a DAVE frame on a connection without DAVE".into(),
+                    };
+                    conn.update(|s| {
+                        s.packets += 1;
+                        s.dave.decrypt_failures += 1;
+                        if s.dave.errors.len() < 20 {
+                            s.dave.errors.push(format!("decrypt: {why}"));
+                        }
+                    });
+                    continue;
+                }
+            }
+        } else {
+            payload
         };
         let decoded = if opus.is_empty() {
             None
@@ -649,6 +767,7 @@ async fn decode_loop(conn: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Datagram>
                 timestamp: header.timestamp,
                 opus: Arc::from(opus.as_slice()),
                 pcm,
+                e2ee,
             }
         });
         let cap = shared.audio_cap_frames.load(Ordering::Relaxed);
@@ -657,6 +776,14 @@ async fn decode_loop(conn: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Datagram>
             s.packets += 1;
             if opus == SILENCE_FRAME {
                 s.silence_frames += 1;
+            }
+            if e2ee {
+                s.dave.e2ee_frames += 1;
+                if s.dave.joined && s.dave.expected_since.is_none() {
+                    s.dave.expected_since = Some(dg.arrival);
+                }
+            } else if opus != SILENCE_FRAME && s.dave.expected_since.is_some() {
+                s.dave.plain_frames_while_expected += 1;
             }
             match frame {
                 Some(frame) => {
