@@ -210,6 +210,7 @@ fn workers_get_a_cleared_environment() {
     let mut keys = procfs::env_keys(pid);
     keys.sort();
     let allowed = [
+        "CALDERA_EVIDENCE_FD",
         "CALDERA_GATEWAY_PID",
         "CALDERA_IPC_SOCKET",
         "CALDERA_LOCAL_DIRS",

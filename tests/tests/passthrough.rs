@@ -82,7 +82,8 @@ fn a_filter_or_a_volume_change_moves_to_pcm_on_the_next_frames_and_back() {
     std::thread::sleep(Duration::from_millis(1000));
     let filtered = between(&conn, on + Duration::from_millis(150), Instant::now());
     let (same, heard) = untouched(&filtered, &source);
-    assert!(heard >= 40 && same == 0, "{same} of {heard} frames passed through while a filter was on");
+    // About 42 frames in the window; a loaded machine delivers a few of them late.
+    assert!(heard >= 30 && same == 0, "{same} of {heard} frames passed through while a filter was on");
     assert!((filtered.non_silent().dominant_frequency() - 880.0).abs() < 18.0, "{} Hz with pitch 2", filtered.non_silent().dominant_frequency());
     let first_changed = between(&conn, on, Instant::now()).non_silent().frames().iter().position(|f| !source.contains_key(&*f.opus));
     assert!(first_changed.is_some_and(|i| i <= 8), "the filter was heard only after {first_changed:?} frames");
