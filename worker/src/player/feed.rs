@@ -14,6 +14,7 @@ use super::buffer::{Content, TrackBuffer, CHANNELS, FRAME_SAMPLES, SAMPLE_RATE};
 use super::pool::Ticket;
 use super::Internal;
 use crate::dsp::Processor;
+use caldera_protocol::evidence::Culprit;
 use caldera_protocol::{EndReason, Filters, TrackException};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -84,6 +85,7 @@ struct State {
     counters: Arc<Counters>,
     events: UnboundedSender<Internal>,
     track_seq: u64,
+    culprit: Culprit,
     stuck_after_frames: u32,
     consecutive_nulled: u32,
     stuck_reported: bool,
@@ -127,6 +129,8 @@ pub struct FeedParts {
     pub counters: Arc<Counters>,
     pub events: UnboundedSender<Internal>,
     pub track_seq: u64,
+    /// Whose media this is, should decoding its Opus frames here crash the worker.
+    pub culprit: Culprit,
     pub stuck_threshold_ms: u64,
     pub opus_quality: u8,
 }
@@ -143,6 +147,7 @@ impl Feed {
             counters: p.counters,
             events: p.events,
             track_seq: p.track_seq,
+            culprit: p.culprit,
             stuck_after_frames: (p.stuck_threshold_ms / 20).max(1) as u32,
             consecutive_nulled: 0,
             stuck_reported: false,
@@ -375,7 +380,8 @@ impl State {
         }
         let ts = self.ticks;
         self.ticks += 1;
-        let packet = match self.tick() {
+        let culprit = self.culprit;
+        let packet = match crate::crash::working_on(culprit, || self.tick()) {
             Tick::Frame => {
                 self.counters.sent.fetch_add(1, Ordering::Relaxed);
                 self.consecutive_nulled = 0;

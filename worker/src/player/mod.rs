@@ -312,6 +312,7 @@ impl Player {
             counters: self.counters.clone(),
             events: self.internal_tx.clone(),
             track_seq: seq,
+            culprit,
             stuck_threshold_ms: self.settings.track_stuck_threshold_ms,
             opus_quality: audio.opus_quality,
         });
