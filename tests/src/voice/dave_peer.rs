@@ -228,15 +228,7 @@ impl DavePeer {
             .map_err(|e| mls_err("building external remove", e))?;
             messages.extend(msg.tls_serialize_detached().map_err(|e| mls_err("ser", e))?);
         }
-        let add = ExternalProposal::new_add::<OpenMlsRustCrypto>(
-            kp,
-            group_id,
-            epoch,
-            &self.external_signer,
-            SenderExtensionIndex::new(0),
-        )
-        .map_err(|e| mls_err("building external add", e))?;
-        messages.extend(add.tls_serialize_detached().map_err(|e| mls_err("ser", e))?);
+        messages.extend(self.external_add(kp, group_id, epoch)?);
         let proposals = encode_vlbytes(&messages)?;
 
         // Every in-process member learns the proposals; the peer's commit is the one used.
@@ -294,16 +286,7 @@ impl DavePeer {
         }
         let kp = self.parse_key_package(key_package)?;
         let (group_id, epoch) = self.group_id_and_epoch()?;
-        let add = ExternalProposal::new_add::<OpenMlsRustCrypto>(
-            kp,
-            group_id,
-            epoch,
-            &self.external_signer,
-            SenderExtensionIndex::new(0),
-        )
-        .map_err(|e| mls_err("building external add", e))?;
-        let proposals =
-            encode_vlbytes(&add.tls_serialize_detached().map_err(|e| mls_err("ser", e))?)?;
+        let proposals = encode_vlbytes(&self.external_add(kp, group_id, epoch)?)?;
 
         // The bot will commit by *reference* to this proposal, so every member that has to
         // process that commit must have stored the proposal. davey's process_proposals also
@@ -371,6 +354,13 @@ impl DavePeer {
     }
 
     // ---- internals -------------------------------------------------------------------
+
+    /// A serialized external Add proposal for `kp`, signed by the external sender (#0).
+    fn external_add(&self, kp: openmls::prelude::KeyPackage, group_id: GroupId, epoch: GroupEpoch) -> Result<Vec<u8>> {
+        let add = ExternalProposal::new_add::<OpenMlsRustCrypto>(kp, group_id, epoch, &self.external_signer, SenderExtensionIndex::new(0))
+            .map_err(|e| mls_err("building external add", e))?;
+        add.tls_serialize_detached().map_err(|e| mls_err("serializing external add", e))
+    }
 
     fn parse_key_package(&self, bytes: &[u8]) -> Result<openmls::prelude::KeyPackage> {
         let kp_in =
