@@ -1,8 +1,9 @@
 //! Crash evidence (see [`caldera_protocol::evidence`]): threads that work on hostile media say
 //! whose it is ([`working_on`]: loads, track opens, decode-pool turns, and each tick of a feed on
-//! songbird's audio clock, which decodes an Opus source's frames when a filter is on); a crash signal raised on such a thread (a fault in a decoder, an
-//! allocation past the memory ceiling aborting, a panic while panicking) writes that culprit to
-//! the gateway's evidence pipe before the signal takes its usual course. A crash on any other
+//! songbird's audio clock, which decodes an Opus source's frames when a filter is on). A crash
+//! signal raised on such a thread (a fault in a decoder, an allocation past the memory ceiling
+//! aborting, a panic while panicking) writes that culprit to the gateway's evidence pipe before
+//! the signal takes its usual course. A crash on any other
 //! thread, or a signal sent from outside, names nobody.
 
 use caldera_protocol::evidence::Culprit;

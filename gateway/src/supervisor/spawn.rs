@@ -100,13 +100,12 @@ fn spawn_now(spec: &SpawnSpec) -> std::io::Result<SpawnedChild> {
         cmd.stdin(Stdio::null()).stdout(Stdio::inherit()).stderr(Stdio::inherit());
     }
     // Both ends close on exec; the child's copy of the write end is kept open for it alone below.
-    let evidence = match spec.evidence {
-        true => {
-            let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
-            cmd.env(EVIDENCE_FD_ENV, write.as_raw_fd().to_string());
-            Some((read, write))
-        }
-        false => None,
+    let evidence = if spec.evidence {
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+        cmd.env(EVIDENCE_FD_ENV, write.as_raw_fd().to_string());
+        Some((read, write))
+    } else {
+        None
     };
     let inherited = evidence.as_ref().map(|(_, write)| write.as_raw_fd());
     // SAFETY: the closure runs in the forked child before exec and only makes the async-signal-safe

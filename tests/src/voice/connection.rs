@@ -351,8 +351,8 @@ impl Connection {
         self.with(|s| s.dave.clone())
     }
 
-    /// Waits until DAVE is expected (the transition to protocol 1 executed) and at least
-    /// `frames` frames arrived end-to-end encrypted since; false on timeout.
+    /// Waits until DAVE is expected ([`DaveCounters::expected_since`]) and at least `frames`
+    /// frames arrived end-to-end encrypted on the connection; false on timeout.
     pub fn wait_e2ee(&self, frames: usize, timeout: Duration) -> bool {
         self.wait_until(timeout, |s| s.dave.expected_since.is_some() && s.dave.e2ee_frames >= frames)
     }
@@ -384,7 +384,7 @@ impl Connection {
     }
 
     /// Prepares epoch 1 (op 24): the client starts over with a new key package and is welcomed
-    /// into a new group.
+    /// again (its stale leaf removed in the same commit).
     pub fn prepare_dave_epoch(&self) -> bool {
         self.dave_command(super::dave::Command::PrepareEpoch)
     }

@@ -71,22 +71,11 @@ impl DaveLink {
     /// the external sender.
     pub(crate) fn start(channel_id: u64, bot_user_id: u64) -> Result<(DaveLink, Vec<Out>), String> {
         let peer = DavePeer::new(channel_id, PEER_USER_ID, bot_user_id)?;
-
-        let mut link = DaveLink {
-            peer,
-            pending: HashMap::new(),
-            next_member: FIRST_ADDED_USER_ID,
-            invalid_commit: None,
-        };
-        let out = link.announce();
-        Ok((link, out))
-    }
-
-    fn announce(&mut self) -> Vec<Out> {
-        vec![
+        let out = vec![
             Out::Json(11, serde_json::json!({ "user_ids": [PEER_USER_ID.to_string()] })),
-            Out::Binary(25, self.peer.external_sender_op25()),
-        ]
+            Out::Binary(25, peer.external_sender_op25()),
+        ];
+        Ok((DaveLink { peer, pending: HashMap::new(), next_member: FIRST_ADDED_USER_ID, invalid_commit: None }, out))
     }
 
     /// A new transition to `version`, waiting for the client's op 23.

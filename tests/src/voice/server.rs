@@ -563,10 +563,7 @@ async fn handle_text(ctx: &mut WsCtx, ws: &mut Ws, text: &str) -> Result<(), End
             .await?;
             if let Some((link, out)) = dave {
                 *conn.dave.lock().unwrap_or_else(|e| e.into_inner()) = Some(link);
-                conn.update(|s| {
-                    s.dave.negotiated = true;
-                    s.dave.epoch = None;
-                });
+                conn.update(|s| s.dave.negotiated = true);
                 send_dave(ws, out).await?;
             }
         }
@@ -728,16 +725,15 @@ async fn decode_loop(conn: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Datagram>
         // anything else plain while DAVE is expected is counted.
         let e2ee = dave::is_e2ee(&payload);
         let opus = if e2ee {
-            let decrypted = conn.dave.lock().unwrap_or_else(|e| e.into_inner()).as_mut().map(|link| link.decrypt(&payload));
+            let decrypted = match conn.dave.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                Some(link) => link.decrypt(&payload),
+                None => Err("a DAVE frame on a connection without DAVE".into()),
+            };
             match decrypted {
-                Some(Ok(opus)) => opus,
-                failed => {
-                    let why = match failed {
-                        Some(Err(e)) => e,
-                        _ => "a DAVE frame on a connection without DAVE".into(),
-                    };
+                Ok(opus) => opus,
+                Err(why) => {
+                    // Like a transport decryption failure, not counted among the packets.
                     conn.update(|s| {
-                        s.packets += 1;
                         s.dave.decrypt_failures += 1;
                         if s.dave.errors.len() < 20 {
                             s.dave.errors.push(format!("decrypt: {why}"));

@@ -380,8 +380,7 @@ impl State {
         }
         let ts = self.ticks;
         self.ticks += 1;
-        let culprit = self.culprit;
-        let packet = match crate::crash::working_on(culprit, || self.tick()) {
+        let packet = match crate::crash::working_on(self.culprit, || self.tick()) {
             Tick::Frame => {
                 self.counters.sent.fetch_add(1, Ordering::Relaxed);
                 self.consecutive_nulled = 0;
