@@ -11,12 +11,12 @@ use crate::prometheus::Prometheus;
 use crate::routeplanner::{self, RoutePlanner};
 use crate::sessions::Sessions;
 use crate::stats::Stats;
-use crate::supervisor::{Supervisor, SupervisorConfig, SupervisorError, WorkerEvent, WorkerState, EVENT_QUEUE};
+use crate::supervisor::{Adoption, Supervisor, SupervisorConfig, SupervisorError, WorkerEvent, WorkerState, EVENT_QUEUE};
 use crate::systemd::Notifier;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, info_span, warn, Instrument};
@@ -56,6 +56,11 @@ pub struct Node {
     pub prometheus: Option<Prometheus>,
     /// Cancelled when the node is to stop.
     pub stop: CancellationToken,
+    /// Notified on SIGUSR2: hand over to the binary now on disk (a planned upgrade).
+    pub upgrade: Notify,
+    /// Cancelled when this node hands over to the next gateway: client sockets close (1001)
+    /// and their sessions wait for the resume there.
+    pub handing_over: CancellationToken,
     /// Cancelled once everything but the node's own tasks has stopped.
     finished: CancellationToken,
     tasks: TaskTracker,
@@ -67,7 +72,8 @@ impl Node {
     /// Builds every part and starts the tasks that connect them: the relay of worker events to
     /// the players, the reaper of removed sessions' players, the signal listener. Workers start
     /// spawning at once; see [`Self::wait_for_workers`].
-    pub fn start(settings: Settings) -> Result<Arc<Self>, SupervisorError> {
+    /// `adoption`: the previous gateway's IPC socket and workers (a handover).
+    pub fn start(settings: Settings, adoption: Option<Adoption>) -> Result<Arc<Self>, SupervisorError> {
         let settings = Arc::new(settings);
         let planner = settings.route_planner.as_ref().map(|r| Arc::new(RoutePlanner::new(r)));
         if let Some(planner) = &planner {
@@ -81,7 +87,7 @@ impl Node {
             }
         }
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
-        let supervisor = Arc::new(Supervisor::start(SupervisorConfig::new(&settings, planner), events_tx)?);
+        let supervisor = Arc::new(Supervisor::start(SupervisorConfig::new(&settings, planner), events_tx, adoption)?);
         let sessions = Sessions::new();
         let players = Arc::new(Players::new(supervisor.clone(), sessions.clone(), &settings));
         let prometheus = settings.prometheus.as_ref().and_then(|p| match Prometheus::install() {
@@ -102,6 +108,8 @@ impl Node {
             stats: Stats::new(),
             prometheus,
             stop: CancellationToken::new(),
+            upgrade: Notify::new(),
+            handing_over: CancellationToken::new(),
             finished: CancellationToken::new(),
             tasks: TaskTracker::new(),
             phase: Mutex::new(Phase::Setup),
@@ -117,7 +125,8 @@ impl Node {
             }
         });
         // Not cancelled with `stop`: a second signal while stopping must still be heard.
-        node.tasks.spawn(listen_for_signals(node.stop.clone(), node.finished.clone()).instrument(info_span!("task", name = "signals")));
+        let signals = node.clone();
+        node.tasks.spawn(async move { listen_for_signals(&signals).await }.instrument(info_span!("task", name = "signals")));
         Ok(node)
     }
 
@@ -148,6 +157,11 @@ impl Node {
         self.enter(Phase::Serving);
         let ready = self.supervisor.workers().iter().filter(|w| w.state == WorkerState::Ready).count();
         self.notifier.notify(&format!("READY=1\nSTATUS=serving on {local} with {ready} of {} workers", self.settings.workers));
+    }
+
+    /// Handed over to the gateway `pid`: systemd follows it as the main process from now on.
+    pub fn handed_over(&self, pid: u32) {
+        self.notifier.notify(&format!("MAINPID={pid}\nSTATUS=handed over to pid {pid}"));
     }
 
     fn enter(&self, phase: Phase) {
@@ -232,21 +246,32 @@ async fn relay(players: Arc<Players>, mut events: mpsc::Receiver<WorkerEvent>) {
             WorkerEvent::Player { worker, player, event } => players.on_event(worker, player, event),
             WorkerEvent::Lost { worker, crashed, culprit } => players.on_worker_lost(worker, crashed, culprit),
             WorkerEvent::Ready { worker } => players.on_worker_ready(worker),
+            WorkerEvent::Barrier(done) => {
+                let _ = done.send(());
+            }
         }
     }
 }
 
-/// SIGTERM/SIGINT stop the node; a second one while stopping exits at once.
-async fn listen_for_signals(stop: CancellationToken, finished: CancellationToken) {
+/// SIGTERM/SIGINT stop the node; a second one while stopping exits at once. SIGUSR2 asks for
+/// a handover to the binary now on disk.
+async fn listen_for_signals(node: &Node) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (stop, finished) = (&node.stop, &node.finished);
+    let (Ok(mut term), Ok(mut int), Ok(mut usr2)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::user_defined2())) else {
         error!("cannot install signal handlers; stop the node with SIGKILL");
         return;
     };
-    let which = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-        _ = finished.cancelled() => return,
+    let which = loop {
+        tokio::select! {
+            _ = term.recv() => break "SIGTERM",
+            _ = int.recv() => break "SIGINT",
+            _ = usr2.recv() => {
+                info!("SIGUSR2: handing over to the binary now on disk");
+                node.upgrade.notify_one();
+            }
+            _ = finished.cancelled() => return,
+        }
     };
     info!(signal = which, "stop requested");
     stop.cancel();

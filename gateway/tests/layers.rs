@@ -19,6 +19,7 @@ const LAYERS: &[&str] = &[
     "stats",
     "prometheus",
     "node",
+    "handover",
     "http",
 ];
 

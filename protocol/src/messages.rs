@@ -340,6 +340,10 @@ pub enum ToWorker {
     RouteLease { id: u64, address: Result<IpAddr, String> },
     /// The answer to [`ToGateway::Resolve`] carrying the same `id`.
     Resolved { id: u64, result: Result<ResolvedStream, TrackException> },
+    /// Another gateway takes over at the same socket (a planned upgrade): outlive this gateway,
+    /// send [`ToGateway::HandedOver`] as the last frame of this connection, then connect again
+    /// and say hello with `token`. Players keep playing meanwhile.
+    Handover { token: String },
 }
 
 /// Worker → gateway.
@@ -362,4 +366,7 @@ pub enum ToGateway {
     /// Asks the gateway's resolver for a platform track's stream; answered with
     /// [`ToWorker::Resolved`] carrying the same `id`.
     Resolve { id: u64, request: ResolveRequest },
+    /// The last frame on a connection the gateway asked to hand over ([`ToWorker::Handover`]):
+    /// everything the worker reported before it is in, the rest goes to the next gateway.
+    HandedOver,
 }

@@ -80,6 +80,7 @@ fn to_worker_name(m: &ToWorker) -> String {
         ToWorker::Player { command, .. } => format!("Player/{}", command_name(command)),
         ToWorker::RouteLease { .. } => "RouteLease".into(),
         ToWorker::Resolved { .. } => "Resolved".into(),
+        ToWorker::Handover { .. } => "Handover".into(),
     }
 }
 
@@ -103,6 +104,7 @@ fn to_gateway_name(m: &ToGateway) -> String {
         ToGateway::RouteAcquire { .. } => "RouteAcquire".into(),
         ToGateway::RouteFailed { .. } => "RouteFailed".into(),
         ToGateway::Resolve { .. } => "Resolve".into(),
+        ToGateway::HandedOver => "HandedOver".into(),
     }
 }
 
@@ -141,6 +143,7 @@ fn to_worker_samples() -> Vec<ToWorker> {
             id: 5,
             result: Ok(ResolvedStream { url: "u".into(), headers: vec![("a".into(), "b".into())], hls: true, available_at_ms: Some(1), is_live: false }),
         },
+        ToWorker::Handover { token: "k".into() },
     ]
 }
 
@@ -167,6 +170,7 @@ fn to_gateway_samples() -> Vec<ToGateway> {
         ToGateway::RouteAcquire { id: 4 },
         ToGateway::RouteFailed { id: 4, search: true },
         ToGateway::Resolve { id: 5, request: ResolveRequest { source_name: "youtube".into(), identifier: "i".into(), uri: None, lease: Some(4) } },
+        ToGateway::HandedOver,
     ]
 }
 
@@ -189,6 +193,7 @@ const TO_WORKER: &[(&str, &str)] = &[
     ("Player/Filters", "050709010000003f01010000803e010000803f0000803f00005c430000c84201000000000000f03f0000000000000040000000000000f03f01000000400000003f000001000000000000d03f010000803f00000000000000000000803f010000a041"),
     ("RouteLease", "060300007f000001"),
     ("Resolved", "0705000175010161016201010200"),
+    ("Handover", "08016b"),
 ];
 
 const TO_GATEWAY: &[(&str, &str)] = &[
@@ -211,6 +216,7 @@ const TO_GATEWAY: &[(&str, &str)] = &[
     ("RouteAcquire", "0604"),
     ("RouteFailed", "070401"),
     ("Resolve", "080507796f75747562650169000104"),
+    ("HandedOver", "09"),
 ];
 
 fn hex(bytes: &[u8]) -> String {

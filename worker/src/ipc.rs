@@ -7,7 +7,7 @@ use caldera_protocol::evidence::Culprit;
 use caldera_protocol::channel::{FrameReader, FrameWriter};
 use caldera_protocol::{
     build, ExceptionSeverity, FrameError, LoadRequest, LoadResult, PlayerCommand, ToGateway, ToWorker, TrackException, WorkerHello,
-    MAX_FRAME_LEN,
+    WorkerSettings, MAX_FRAME_LEN,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -31,9 +31,17 @@ pub enum IpcError {
     NoSettings,
     #[error("cannot start the decode threads: {0}")]
     Threads(std::io::Error),
+    #[error("cannot outlive the gateway for a handover: {0}")]
+    Handover(String),
     #[error("the gateway speaks protocol {theirs}/{theirs_build}, we speak {ours}/{ours_build}")]
     Mismatch { ours: u32, theirs: u32, ours_build: &'static str, theirs_build: String },
 }
+
+/// How long a worker handed over to a new gateway keeps trying to reach it.
+const HANDOVER_WAIT: Duration = Duration::from_secs(30);
+
+type Reader = FrameReader<ToWorker, Box<dyn tokio::io::AsyncRead + Send + Unpin>>;
+type Writer = FrameWriter<ToGateway, Box<dyn tokio::io::AsyncWrite + Send + Unpin>>;
 
 /// Connects to the gateway's socket and serves it.
 pub async fn serve(config: WorkerConfig) -> Result<(), IpcError> {
@@ -43,28 +51,30 @@ pub async fn serve(config: WorkerConfig) -> Result<(), IpcError> {
     serve_connection(stream, &config).await
 }
 
-/// The whole serving loop over a connected stream: hello, settings, then requests until the
-/// gateway says stop or goes away. Any stream will do, so tests can run a worker in-process over
-/// a socket pair (the in-process tier) as well as the real binary.
-pub async fn serve_connection<S>(stream: S, config: &WorkerConfig) -> Result<(), IpcError>
+fn framed<S>(stream: S) -> (Reader, Writer)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
     let (read, write) = tokio::io::split(stream);
-    let mut reader = FrameReader::<ToWorker, _>::new(read, MAX_FRAME_LEN);
-    let mut writer = FrameWriter::<ToGateway, _>::new(write, MAX_FRAME_LEN);
+    (FrameReader::new(Box::new(read), MAX_FRAME_LEN), FrameWriter::new(Box::new(write), MAX_FRAME_LEN))
+}
+
+/// Says hello with `token`, checks the gateway's, and takes the settings that follow it.
+async fn greet(reader: &mut Reader, writer: &mut Writer, config: &WorkerConfig, token: &str) -> Result<WorkerSettings, IpcError> {
     writer
         .send(&ToGateway::Hello(WorkerHello {
             protocol_version: build::PROTOCOL_VERSION,
             build_id: build::BUILD_ID.into(),
             worker_id: config.worker_id,
             pid: std::process::id(),
-            token: config.token.clone(),
+            token: token.into(),
         }))
         .await?;
     match tokio::time::timeout(HELLO_TIMEOUT, reader.recv()).await {
+        // A gateway of another build adopts us only when the protocol matches (a handover
+        // across an upgrade); the first one is of our build.
         Ok(Ok(Some(ToWorker::Hello(h)))) => {
-            if h.protocol_version != build::PROTOCOL_VERSION || h.build_id != build::BUILD_ID {
+            if h.protocol_version != build::PROTOCOL_VERSION || (h.build_id != build::BUILD_ID && token == config.token) {
                 return Err(IpcError::Mismatch {
                     ours: build::PROTOCOL_VERSION,
                     theirs: h.protocol_version,
@@ -77,22 +87,64 @@ where
         _ => return Err(IpcError::NoHello),
     }
     // The settings come right after the hello, before any request.
-    let ipc_settings = match tokio::time::timeout(HELLO_TIMEOUT, reader.recv()).await {
-        Ok(Ok(Some(ToWorker::Configure(s)))) => s,
-        Ok(Err(e)) => return Err(e.into()),
-        _ => return Err(IpcError::NoSettings),
-    };
+    match tokio::time::timeout(HELLO_TIMEOUT, reader.recv()).await {
+        Ok(Ok(Some(ToWorker::Configure(s)))) => Ok(s),
+        Ok(Err(e)) => Err(e.into()),
+        _ => Err(IpcError::NoSettings),
+    }
+}
+
+/// Connects to the gateway taking over (it listens at the same socket) and greets it, trying
+/// for up to [`HANDOVER_WAIT`].
+async fn reconnect(config: &WorkerConfig, token: &str) -> Result<(Reader, Writer, WorkerSettings), IpcError> {
+    let deadline = tokio::time::Instant::now() + HANDOVER_WAIT;
+    loop {
+        match UnixStream::connect(&config.socket).await {
+            Ok(stream) => {
+                let (mut reader, mut writer) = framed(stream);
+                let settings = greet(&mut reader, &mut writer, config, token).await?;
+                return Ok((reader, writer, settings));
+            }
+            Err(source) if tokio::time::Instant::now() >= deadline => {
+                return Err(IpcError::Connect { path: config.socket.display().to_string(), source });
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// The whole serving loop over a connected stream: hello, settings, then requests until the
+/// gateway says stop or goes away. Any stream will do, so tests can run a worker in-process over
+/// a socket pair (the in-process tier) as well as the real binary. A handover moves the loop to
+/// a new connection with the players left playing.
+pub async fn serve_connection<S>(stream: S, config: &WorkerConfig) -> Result<(), IpcError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (mut reader, mut writer) = framed(stream);
+    let ipc_settings = greet(&mut reader, &mut writer, config, &config.token).await?;
     info!(worker_id = config.worker_id, "connected to gateway");
     let local_dirs: Arc<[String]> = config.local_dirs.clone().into();
     let settings = Arc::new(RwLock::new(Settings { ipc: ipc_settings, local_dirs }));
 
-    // One writer task owns the socket's write half; everything else sends through `out`.
+    // One writer task owns the socket's write half; everything else sends through `out`. After
+    // a `HandedOver` it waits for the next connection's (what is sent meanwhile waits in `out`).
     let (out, mut out_rx) = mpsc::channel::<ToGateway>(1024);
+    let (next_writer, mut next_writers) = mpsc::channel::<Writer>(1);
     let mut writer_task = tokio::spawn(
         async move {
+            let mut writer = Some(writer);
             while let Some(msg) = out_rx.recv().await {
-                if writer.send(&msg).await.is_err() {
+                if writer.is_none() {
+                    writer = next_writers.recv().await;
+                }
+                let Some(w) = writer.as_mut() else { break };
+                if w.send(&msg).await.is_err() {
                     break;
+                }
+                if msg == ToGateway::HandedOver {
+                    let _ = w.shutdown().await;
+                    writer = None;
                 }
             }
         }
@@ -177,6 +229,26 @@ where
             }
             Ok(Some(ToWorker::RouteLease { id, address })) => routes.deliver(id, address),
             Ok(Some(ToWorker::Resolved { id, result })) => routes.deliver_resolved(id, result),
+            Ok(Some(ToWorker::Handover { token })) => {
+                info!("handing over to a new gateway; the players keep playing");
+                if let Err(e) = process::outlive_parent() {
+                    break Err(IpcError::Handover(e.to_string()));
+                }
+                if out.send(ToGateway::HandedOver).await.is_err() {
+                    break Ok(());
+                }
+                let (next_reader, writer, s) = match reconnect(config, &token).await {
+                    Ok(c) => c,
+                    Err(e) => break Err(e),
+                };
+                reader = next_reader;
+                net.configure(&s);
+                settings.write().unwrap_or_else(|e| e.into_inner()).ipc = s;
+                if next_writer.send(writer).await.is_err() {
+                    break Ok(());
+                }
+                info!(worker_id = config.worker_id, "connected to the new gateway");
+            }
             Ok(Some(ToWorker::Hello(_))) => debug!("ignoring a second hello"),
             // The gateway is gone: nothing to serve any more.
             Ok(None) => {

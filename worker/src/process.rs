@@ -15,6 +15,12 @@ pub fn die_with_parent(gateway_pid: i32) -> Result<(), WorkerError> {
     Ok(())
 }
 
+/// Outlive the gateway that spawned us: another gateway is taking over (a planned upgrade).
+/// From now on the connection's end is what ends this worker.
+pub fn outlive_parent() -> Result<(), WorkerError> {
+    nix::sys::prctl::set_pdeathsig(None).map_err(WorkerError::ParentDeathSignal)
+}
+
 /// glibc gives every thread that allocates an arena of its own (up to 8 per core), and memory
 /// freed in one arena is not reused by the others: with decode, mixer and runtime threads all
 /// allocating per-player buffers, that fragments a worker's heap. Two arenas keep it compact.

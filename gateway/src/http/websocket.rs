@@ -80,6 +80,13 @@ async fn run(state: AppState, mut socket: WebSocket, remote: SocketAddr, user_id
     let mut ignored = 0u64;
     loop {
         let text = tokio::select! {
+            // A handover: the session waits for the client's resume at the next gateway.
+            _ = node.handing_over.cancelled() => {
+                let frame = CloseFrame { code: close_code::AWAY, reason: "Server is restarting; resume the session".into() };
+                let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(Message::Close(Some(frame)))).await;
+                close = close_code::AWAY;
+                break;
+            }
             _ = node.stop.cancelled() => {
                 let frame = CloseFrame { code: close_code::AWAY, reason: "Server is shutting down".into() };
                 let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(Message::Close(Some(frame)))).await;

@@ -49,6 +49,16 @@ pub enum PlayerError {
     NoCapacity,
 }
 
+/// Every player as one gateway hands them to the next (a planned upgrade), with the numbers
+/// the next ones get.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct PlayersRecord {
+    /// (session id, player).
+    pub players: Vec<(String, Player)>,
+    pub next_player: u64,
+    pub next_track: u64,
+}
+
 /// Commands for workers, gathered under the lock and sent after it: (worker, player, command).
 type Commands = Vec<(u32, u64, PlayerCommand)>;
 
@@ -211,6 +221,38 @@ impl Players {
         drop(guard);
         self.send(commands);
         Ok(wire)
+    }
+
+    /// Every player, for the next gateway.
+    pub fn record(&self) -> PlayersRecord {
+        let reg = self.lock();
+        let players = reg.sessions.iter().flat_map(|(sid, s)| s.values().map(|p| (sid.clone(), p.clone()))).collect();
+        PlayersRecord {
+            players,
+            next_player: self.next_player.load(Ordering::Relaxed),
+            next_track: self.next_track.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Takes the players the previous gateway handed over. Those on workers that came along
+    /// (`adopted`) stay where they play; the others are restored as when a worker goes away.
+    pub fn restore(&self, record: PlayersRecord, adopted: &[u32]) {
+        let mut lost: Vec<u32> = Vec::new();
+        {
+            let mut reg = self.lock();
+            for (sid, p) in record.players {
+                if !p.stranded && !adopted.contains(&p.worker) && !lost.contains(&p.worker) {
+                    lost.push(p.worker);
+                }
+                reg.by_id.insert(p.id, (sid.clone(), p.guild_id));
+                reg.sessions.entry(sid).or_default().insert(p.guild_id, p);
+            }
+            self.next_player.fetch_max(record.next_player, Ordering::Relaxed);
+            self.next_track.fetch_max(record.next_track, Ordering::Relaxed);
+        }
+        for worker in lost {
+            self.on_worker_lost(worker, false, None);
+        }
     }
 
     /// Players, playing players and last-minute frames of each worker.

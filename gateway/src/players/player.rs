@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// A track given to a player, numbered so worker events can be matched to it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PlayerTrack {
     pub seq: u64,
     pub data: TrackData,
@@ -39,7 +39,9 @@ pub struct FrameReport {
     pub usable: bool,
 }
 
-#[derive(Debug, Clone)]
+/// Handed to the next gateway as it is (a planned upgrade), but for the frame bookkeeping, which
+/// starts over.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Player {
     pub id: u64,
     pub worker: u32,
@@ -66,8 +68,11 @@ pub struct Player {
     pub stranded: bool,
     /// Since when tracks have played back to back (switches under 100 ms keep it), for
     /// frameStats usability (lavalink-internals §4.4).
+    #[serde(skip)]
     pub playing_since: Option<Instant>,
+    #[serde(skip)]
     pub last_track_end: Option<Instant>,
+    #[serde(skip)]
     pub frames: Option<FrameReport>,
 }
 

@@ -103,6 +103,9 @@ struct Session {
     generation: u64,
     /// A reconnecting client has claimed this session (the first one wins, §3.9).
     claimed: bool,
+    /// A session that was not resumable, kept for one resume across a handover to the next
+    /// gateway: its `resuming` flag again once it resumes.
+    restore_resuming: Option<bool>,
 }
 
 impl Session {
@@ -132,8 +135,28 @@ pub struct SessionView {
     pub queued: usize,
 }
 
+/// A session as one gateway hands it to the next (a planned upgrade): what a resume needs.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SessionRecord {
+    pub id: String,
+    pub user_id: u64,
+    pub client_name: String,
+    pub resuming: bool,
+    pub timeout_s: u64,
+    /// Messages waiting for the resume, oldest first.
+    pub queue: Vec<String>,
+    pub restore_resuming: Option<bool>,
+}
+
+/// Every session, and the totals, as handed over.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct SessionsRecord {
+    pub sessions: Vec<SessionRecord>,
+    pub totals: Totals,
+}
+
 /// Totals since the gateway started.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct Totals {
     pub opened: u64,
     pub closed: u64,
@@ -222,6 +245,7 @@ impl Sessions {
             paused_at: None,
             generation: 0,
             claimed: false,
+            restore_resuming: None,
         };
         t.sessions.insert(id.clone(), session);
         t.count_open();
@@ -265,6 +289,9 @@ impl Sessions {
         s.paused_at = None;
         s.generation += 1;
         s.claimed = false;
+        if let Some(resuming) = s.restore_resuming.take() {
+            s.resuming = resuming;
+        }
         let generation = s.generation;
         t.count_open();
         info!(session = %id, "session resumed");
@@ -399,6 +426,65 @@ impl Sessions {
         (views, t.totals)
     }
 
+    /// Before a handover: every session is kept for a resume when its socket closes, those
+    /// that were not resumable for this one resume only (within their timeout).
+    pub fn prepare_handover(&self) {
+        for s in self.lock().sessions.values_mut() {
+            if !s.resuming {
+                s.resuming = true;
+                s.restore_resuming = Some(false);
+            }
+        }
+    }
+
+    /// Every session as the next gateway takes it.
+    pub fn record(&self) -> SessionsRecord {
+        let t = self.lock();
+        let sessions = t
+            .sessions
+            .iter()
+            .map(|(id, s)| SessionRecord {
+                id: id.clone(),
+                user_id: s.user_id,
+                client_name: s.client_name.clone(),
+                resuming: s.resuming,
+                timeout_s: s.timeout_s,
+                queue: s.queue.iter().cloned().collect(),
+                restore_resuming: s.restore_resuming,
+            })
+            .collect();
+        SessionsRecord { sessions, totals: t.totals }
+    }
+
+    /// Takes the sessions the previous gateway handed over: each waits for its client's resume
+    /// (or its timeout) with its queued messages.
+    pub fn restore(&self, record: SessionsRecord) {
+        let mut t = self.lock();
+        t.totals = record.totals;
+        for r in record.sessions {
+            let mut session = Session {
+                user_id: r.user_id,
+                client_name: r.client_name,
+                conn: ConnectionInfo::new(None, Arc::default()),
+                outbox: None,
+                queue: VecDeque::new(),
+                queued_bytes: 0,
+                resuming: r.resuming,
+                timeout_s: r.timeout_s.min(MAX_RESUME_TIMEOUT_S),
+                paused_at: Some(Instant::now()),
+                generation: 1,
+                claimed: false,
+                restore_resuming: r.restore_resuming,
+            };
+            for msg in r.queue {
+                session.enqueue(msg);
+            }
+            let timeout = Duration::from_secs(session.timeout_s);
+            t.sessions.insert(r.id.clone(), session);
+            self.expire_after(r.id, 1, timeout);
+        }
+    }
+
     /// Stops the resume timers and waits for them.
     pub async fn shutdown(&self) {
         self.stop.cancel();
@@ -480,6 +566,29 @@ mod tests {
         assert_eq!(sessions.views().1.closed, 1);
     }
 
+    #[tokio::test]
+    async fn a_handed_over_session_resumes_at_the_next_gateway_with_its_queue_and_flag() {
+        let old = Sessions::new();
+        let a = old.open(7, "bot".into(), conn());
+        old.prepare_handover();
+        old.disconnected(&a);
+        assert!(old.exists(&a.session_id), "a session that was not resumable is kept for the handover");
+        old.send(&a.session_id, &Op::Ready { resumed: false, session_id: "queued".into() });
+        let record: SessionsRecord = serde_json::from_str(&serde_json::to_string(&old.record()).unwrap()).unwrap();
+
+        let new = Sessions::new();
+        new.restore(record);
+        assert_eq!(new.claim(&a.session_id, 8), None, "only its own bot resumes it");
+        let generation = new.claim(&a.session_id, 7).expect("claimed");
+        let b = new.attach(&a.session_id, generation, conn(), Vec::new()).expect("attached");
+        let replay = drain(&b.outbox);
+        assert_eq!(replay.len(), 2, "{replay:?}");
+        assert!(replay[0].contains("\"resumed\":true") && replay[1].contains("queued"), "{replay:?}");
+        // Not resumable again: its next close removes it.
+        new.disconnected(&b);
+        assert!(!new.exists(&a.session_id));
+    }
+
     #[test]
     fn the_resume_queue_is_bounded_in_bytes() {
         let mut t = Table::default();
@@ -495,6 +604,7 @@ mod tests {
             paused_at: None,
             generation: 1,
             claimed: false,
+            restore_resuming: None,
         };
         t.sessions.insert("s".into(), s);
         let s = t.sessions.get_mut("s").unwrap();

@@ -56,27 +56,40 @@ pub struct WorkerConn {
 /// Tokens of spawns that have not said hello yet → where to deliver their connection.
 #[derive(Default, Clone)]
 pub struct PendingSpawns {
-    inner: Arc<Mutex<HashMap<String, oneshot::Sender<WorkerConn>>>>,
+    inner: Arc<Mutex<HashMap<String, Pending>>>,
+}
+
+struct Pending {
+    deliver: oneshot::Sender<WorkerConn>,
+    /// A worker of the previous gateway (a handover): it may be of another build, as long as
+    /// it speaks our protocol.
+    adopting: bool,
 }
 
 impl PendingSpawns {
     /// Registers a fresh one-time token; the receiver gets the connection that presents it.
     pub fn register(&self) -> (String, oneshot::Receiver<WorkerConn>) {
         let token = random_hex(32);
-        let (tx, rx) = oneshot::channel();
-        self.lock().insert(token.clone(), tx);
+        let rx = self.expect(token.clone(), false);
         (token, rx)
+    }
+
+    /// Registers the token a worker handed over by the previous gateway will present.
+    pub fn expect(&self, token: String, adopting: bool) -> oneshot::Receiver<WorkerConn> {
+        let (deliver, rx) = oneshot::channel();
+        self.lock().insert(token, Pending { deliver, adopting });
+        rx
     }
 
     pub fn forget(&self, token: &str) {
         self.lock().remove(token);
     }
 
-    fn take(&self, token: &str) -> Option<oneshot::Sender<WorkerConn>> {
+    fn take(&self, token: &str) -> Option<Pending> {
         self.lock().remove(token)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<WorkerConn>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
         // A panic while holding this lock cannot leave the map inconsistent: keep going.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -102,6 +115,13 @@ impl RuntimeDir {
         remove_stale(&base);
         let path = base.join(format!("caldera-{}-{}", std::process::id(), random_hex(4)));
         std::fs::DirBuilder::new().mode(0o700).create(&path)?;
+        Self::adopt(path)
+    }
+
+    /// Takes over the directory of the gateway this one replaces (a handover): the socket's
+    /// path stays, and the owner file names this process, so the directory is not stale.
+    pub fn adopt(path: PathBuf) -> std::io::Result<Self> {
+        std::fs::write(path.join(OWNER_FILE), std::process::id().to_string())?;
         Ok(Self { path })
     }
 
@@ -114,8 +134,11 @@ impl RuntimeDir {
     }
 }
 
+/// The file naming the gateway that owns a runtime directory now (its name tells the first).
+const OWNER_FILE: &str = "gateway.pid";
+
 /// Removes `caldera-<pid>-<hex>` directories of this user whose gateway is gone (SIGKILL leaves
-/// them behind; nothing else does).
+/// them behind; nothing else does). The owner file, where there is one, names the gateway.
 fn remove_stale(base: &Path) {
     use std::os::unix::fs::MetadataExt;
     let uid = nix::unistd::getuid().as_raw();
@@ -125,6 +148,8 @@ fn remove_stale(base: &Path) {
         let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("caldera-")).and_then(|n| n.split_once('-')).and_then(|(pid, _)| pid.parse::<u32>().ok()) else {
             continue;
         };
+        let owner = std::fs::read_to_string(entry.path().join(OWNER_FILE)).ok().and_then(|p| p.trim().parse::<u32>().ok());
+        let pid = owner.unwrap_or(pid);
         let ours = entry.metadata().is_ok_and(|m| m.is_dir() && m.uid() == uid);
         if ours && !Path::new(&format!("/proc/{pid}")).exists() && std::fs::remove_dir_all(entry.path()).is_ok() {
             tracing::info!(dir = %entry.path().display(), "removed the runtime directory of a gateway that is gone");
@@ -184,11 +209,11 @@ async fn handshake(stream: UnixStream, pending: &PendingSpawns) -> Result<(), Ha
         Some(_) => return Err(HandshakeError::NotHello),
     };
     // The token is one-time: whatever else is wrong, it is spent now.
-    let deliver = pending.take(&hello.token).ok_or(HandshakeError::UnknownToken)?;
+    let Pending { deliver, adopting } = pending.take(&hello.token).ok_or(HandshakeError::UnknownToken)?;
     if hello.protocol_version != build::PROTOCOL_VERSION {
         return Err(HandshakeError::Version { ours: build::PROTOCOL_VERSION, theirs: hello.protocol_version });
     }
-    if hello.build_id != build::BUILD_ID {
+    if hello.build_id != build::BUILD_ID && !adopting {
         return Err(HandshakeError::Build { ours: build::BUILD_ID, theirs: hello.build_id });
     }
     debug!(worker_id = hello.worker_id, pid = hello.pid, ?peer_pid, "worker hello accepted");

@@ -8,7 +8,7 @@ pub mod sources;
 mod spawn;
 
 pub use ipc::{HandshakeError, RuntimeDir, HELLO_TIMEOUT};
-pub use slot::{Backoff, WorkerState, WorkerStatus};
+pub use slot::{Adopted, Backoff, WorkerState, WorkerStatus};
 
 use crate::config::{ResolverSettings, SandboxMode, Settings, SourcesConfig};
 use crate::routeplanner::RoutePlanner;
@@ -17,7 +17,8 @@ use caldera_protocol::{Encoded, ExceptionSeverity, LoadRequest, LoadResult, Play
 use spawn::{SpawnSpec, Spawner};
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -182,6 +183,35 @@ pub(crate) struct Shared {
     /// Player events from workers, and word of workers that went away.
     pub player_events: mpsc::Sender<WorkerEvent>,
     pub resolver: Option<Arc<resolver::Resolver>>,
+    /// A handover to the next gateway is under way: a worker's `HandedOver` ends its slot.
+    handing_over: AtomicBool,
+    /// Workers that went to the next gateway.
+    handed: Mutex<Vec<Handed>>,
+}
+
+/// A worker whose slot ended with its handover: its pid and crash-evidence pipe.
+#[derive(Debug)]
+pub(crate) struct Handed {
+    pub id: u32,
+    pub pid: u32,
+    pub evidence: Option<OwnedFd>,
+}
+
+/// A worker handed over to the next gateway, as that gateway adopts it: its slot and what it
+/// will present.
+#[derive(Debug)]
+pub struct HandedWorker {
+    pub id: u32,
+    pub adopted: Adopted,
+}
+
+/// What a gateway taking over receives from the previous one: the runtime directory and the
+/// IPC listener in it (workers reconnect at the same path), and the workers handed over.
+#[derive(Debug)]
+pub struct Adoption {
+    pub runtime_dir: PathBuf,
+    pub listener: OwnedFd,
+    pub workers: Vec<HandedWorker>,
 }
 
 /// What the supervisor tells the player registry.
@@ -194,9 +224,20 @@ pub enum WorkerEvent {
     Lost { worker: u32, crashed: bool, culprit: Option<Culprit> },
     /// The worker said hello and takes players (stranded ones may be restored on it).
     Ready { worker: u32 },
+    /// Answered once every event queued before it was handled.
+    Barrier(oneshot::Sender<()>),
 }
 
 impl Shared {
+    pub fn is_handing_over(&self) -> bool {
+        self.handing_over.load(Ordering::Acquire)
+    }
+
+    pub fn handed_over(&self, handed: Handed) {
+        self.handed.lock().unwrap_or_else(|e| e.into_inner()).push(handed);
+        self.changed.send_modify(|n| *n += 1);
+    }
+
     pub fn update(&self, worker_id: u32, f: impl FnOnce(&mut WorkerStatus)) {
         {
             let mut all = self.status.lock().unwrap_or_else(|e| e.into_inner());
@@ -248,6 +289,9 @@ impl Shared {
     /// crashing thread said so, what it was working on.
     pub async fn worker_lost(&self, worker_id: u32, crashed: bool, culprit: Option<Culprit>) {
         self.worker_disconnected(worker_id);
+        // Only a crash handler writes the record: it is evidence of a crash where the exit
+        // status is not ours to read (a worker adopted from the previous gateway).
+        let crashed = crashed || culprit.is_some();
         if let Some(culprit) = culprit.filter(|_| crashed) {
             info!(worker = worker_id, ?culprit, "the worker's crashing thread named what it was working on");
         }
@@ -279,21 +323,46 @@ impl Shared {
 pub struct Supervisor {
     shared: Arc<Shared>,
     cancel: CancellationToken,
+    /// Stops accepting worker connections (a handover: the next gateway answers them).
+    accepting: CancellationToken,
     tasks: TaskTracker,
-    _runtime_dir: RuntimeDir,
+    runtime_dir: RuntimeDir,
+    /// The IPC listener, to hand over.
+    listener: OwnedFd,
 }
 
 impl Supervisor {
-    /// Creates the IPC socket and starts one slot per worker. Returns at once; see [`Self::wait_ready`].
-    pub fn start(config: SupervisorConfig, player_events: mpsc::Sender<WorkerEvent>) -> Result<Self, SupervisorError> {
+    /// Creates the IPC socket (or takes the previous gateway's, with the workers it handed over)
+    /// and starts one slot per worker. Returns at once; see [`Self::wait_ready`].
+    pub fn start(config: SupervisorConfig, player_events: mpsc::Sender<WorkerEvent>, adoption: Option<Adoption>) -> Result<Self, SupervisorError> {
         if !is_executable(&config.worker_binary) {
             return Err(SupervisorError::WorkerBinary(config.worker_binary.clone()));
         }
-        let runtime_dir = RuntimeDir::create().map_err(SupervisorError::RuntimeDir)?;
+        let (runtime_dir, listener, mut adopted) = match adoption {
+            Some(a) => {
+                let dir = RuntimeDir::adopt(a.runtime_dir).map_err(SupervisorError::RuntimeDir)?;
+                let listen = || -> std::io::Result<UnixListener> {
+                    let listener = std::os::unix::net::UnixListener::from(a.listener);
+                    listener.set_nonblocking(true)?;
+                    UnixListener::from_std(listener)
+                };
+                let listener = listen().map_err(|source| SupervisorError::Listen { path: dir.socket_path(), source })?;
+                let workers: HashMap<u32, Adopted> = a.workers.into_iter().map(|w| (w.id, w.adopted)).collect();
+                (dir, listener, workers)
+            }
+            None => {
+                let dir = RuntimeDir::create().map_err(SupervisorError::RuntimeDir)?;
+                let path = dir.socket_path();
+                let listener = UnixListener::bind(&path).map_err(|source| SupervisorError::Listen { path, source })?;
+                (dir, listener, HashMap::new())
+            }
+        };
         let socket_path = runtime_dir.socket_path();
-        let listener = UnixListener::bind(&socket_path)
+        let listener_fd = listener
+            .as_fd()
+            .try_clone_to_owned()
             .map_err(|source| SupervisorError::Listen { path: socket_path.clone(), source })?;
-        info!(socket = %socket_path.display(), "IPC socket ready");
+        info!(socket = %socket_path.display(), adopting = adopted.len(), "IPC socket ready");
         let spawner = Spawner::start().map_err(SupervisorError::Spawner)?;
         let resolver = match (&config.resolver, &config.resolver.as_ref().and_then(|r| r.python.clone())) {
             (Some(settings), Some(python)) => Some(
@@ -309,7 +378,8 @@ impl Supervisor {
             ),
             _ => None,
         };
-        let n = config.workers;
+        // Slots for every worker handed over, even past a smaller `workers` read anew.
+        let n = config.workers.max(adopted.keys().map(|id| *id as usize + 1).max().unwrap_or(0));
         let shared = Arc::new(Shared {
             config,
             spawner,
@@ -322,16 +392,27 @@ impl Supervisor {
             next_request: AtomicU64::new(1),
             player_events,
             resolver: resolver.clone(),
+            handing_over: AtomicBool::new(false),
+            handed: Mutex::new(Vec::new()),
         });
+        // Handed-over workers reconnect at once: their tokens are known before the first accept.
+        let mut adopting: HashMap<u32, (Adopted, slot::ConnRx)> = adopted
+            .drain()
+            .map(|(id, a)| {
+                let conn = shared.pending.expect(a.token.clone(), true);
+                (id, (a, conn))
+            })
+            .collect();
         let cancel = CancellationToken::new();
+        let accepting = cancel.child_token();
         let tasks = TaskTracker::new();
         tasks.spawn(
-            ipc::accept_loop(listener, shared.pending.clone(), cancel.child_token())
+            ipc::accept_loop(listener, shared.pending.clone(), accepting.clone())
                 .instrument(info_span!("ipc_accept")),
         );
         for id in 0..n as u32 {
             tasks.spawn(
-                slot::run(shared.clone(), id, cancel.child_token()).instrument(info_span!("worker", id)),
+                slot::run(shared.clone(), id, cancel.child_token(), adopting.remove(&id)).instrument(info_span!("worker", id)),
             );
         }
         match &resolver {
@@ -341,7 +422,61 @@ impl Supervisor {
             None => info!("platform sources (YouTube, SoundCloud, Bandcamp, Twitch, Vimeo, search) are off: the resolver is disabled or not installed; Hint: run ./scripts/setup.sh or set caldera.resolver.python"),
         }
         tasks.close();
-        Ok(Self { shared, cancel, tasks, _runtime_dir: runtime_dir })
+        Ok(Self { shared, cancel, accepting, tasks, runtime_dir, listener: listener_fd })
+    }
+
+    /// Hands the ready workers over to the next gateway: no connection is accepted here any
+    /// more (the next gateway answers them at the same socket), each worker is told to outlive
+    /// this gateway and reconnect with a fresh token, and its slot ends once its `HandedOver`
+    /// came in — so every event it sent before is with the registry's relay. Workers that are
+    /// not ready, or do not answer within `timeout`, are stopped (their players are restored
+    /// by the next gateway). Returns the workers handed over.
+    pub async fn hand_over(&self, timeout: Duration) -> Vec<HandedWorker> {
+        self.shared.handing_over.store(true, Ordering::Release);
+        self.accepting.cancel();
+        let mut tokens: HashMap<u32, String> = HashMap::new();
+        for id in self.ready_workers() {
+            let token = ipc::random_hex(32);
+            if self.shared.send(id, &ToWorker::Handover { token: token.clone() }).is_ok() {
+                tokens.insert(id, token);
+            }
+        }
+        let mut changed = self.shared.changed.subscribe();
+        let all_in = || {
+            let handed = self.shared.handed.lock().unwrap_or_else(|e| e.into_inner());
+            tokens.keys().all(|id| handed.iter().any(|h| h.id == *id))
+        };
+        let _ = tokio::time::timeout(timeout, async {
+            while !all_in() {
+                if changed.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+        // The rest stop as at shutdown.
+        self.cancel.cancel();
+        let handed = std::mem::take(&mut *self.shared.handed.lock().unwrap_or_else(|e| e.into_inner()));
+        handed
+            .into_iter()
+            .filter_map(|h| {
+                let token = tokens.remove(&h.id)?;
+                Some(HandedWorker { id: h.id, adopted: Adopted { pid: h.pid, token, evidence: h.evidence } })
+            })
+            .collect()
+    }
+
+    /// Returns once the registry has handled every worker event queued so far.
+    pub async fn barrier(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.shared.player_events.send(WorkerEvent::Barrier(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// The runtime directory and the IPC listener, for the next gateway.
+    pub fn ipc_endpoint(&self) -> (&Path, &OwnedFd) {
+        (self.runtime_dir.path(), &self.listener)
     }
 
     /// Waits until every worker slot has either said hello or failed at least once (the node then

@@ -122,15 +122,32 @@ impl Default for Backoff {
 enum Outcome {
     /// The gateway is shutting down; the worker has been stopped.
     Shutdown,
+    /// The worker went to the next gateway (a handover); it plays on.
+    HandedOver,
     /// The worker is gone; `healthy` says whether it ran long enough to reset the backoff.
     Ended { healthy: bool },
 }
 
-pub async fn run(shared: Arc<Shared>, id: u32, cancel: CancellationToken) {
+/// A worker the previous gateway handed over: its pid, the token it will say hello with, and
+/// its crash-evidence pipe.
+#[derive(Debug)]
+pub struct Adopted {
+    pub pid: u32,
+    pub token: String,
+    pub evidence: Option<std::os::fd::OwnedFd>,
+}
+
+/// `adopted`: the worker the previous gateway handed over for this slot, and where its
+/// connection arrives (its token is registered before any connection is accepted).
+pub async fn run(shared: Arc<Shared>, id: u32, cancel: CancellationToken, mut adopted: Option<(Adopted, ConnRx)>) {
     let mut backoff = Backoff::new();
     while !cancel.is_cancelled() {
-        match run_once(&shared, id, &cancel).await {
-            Outcome::Shutdown => break,
+        let outcome = match adopted.take() {
+            Some(a) => adopt(&shared, id, a, &cancel).await,
+            None => run_once(&shared, id, &cancel).await,
+        };
+        match outcome {
+            Outcome::Shutdown | Outcome::HandedOver => break,
             Outcome::Ended { healthy } => {
                 if healthy {
                     backoff.reset();
@@ -188,6 +205,8 @@ impl Kill {
 struct ReadEnd {
     why: String,
     kill: Option<Kill>,
+    /// The worker's last frame was `HandedOver`.
+    handed_over: bool,
 }
 
 async fn run_once(shared: &Arc<Shared>, id: u32, cancel: &CancellationToken) -> Outcome {
@@ -202,7 +221,53 @@ async fn run_once(shared: &Arc<Shared>, id: u32, cancel: &CancellationToken) -> 
             return Outcome::Ended { healthy: false };
         }
     };
-    let SpawnedChild { pid, mut exited, evidence, .. } = child;
+    let SpawnedChild { pid, exited, evidence, .. } = child;
+    match connect(shared, id, pid, (token, conn_rx), exited, cancel).await {
+        Ok((conn, exited)) => serve(shared, id, pid, conn, (exited, evidence), cancel).await,
+        Err(outcome) => outcome,
+    }
+}
+
+/// Takes a worker the previous gateway handed over: it connects with the token that gateway
+/// gave it; its exit is watched through a pidfd (it is not our child). One that does not come
+/// is killed, and its players are restored like those of any worker that went away.
+async fn adopt(shared: &Arc<Shared>, id: u32, (adopted, conn_rx): (Adopted, ConnRx), cancel: &CancellationToken) -> Outcome {
+    let Adopted { pid, token, evidence } = adopted;
+    shared.update(id, |s| s.state = WorkerState::Starting);
+    let evidence = evidence.map(Evidence::from_fd);
+    let connected = match spawn::watch(pid) {
+        Ok(exited) => connect(shared, id, pid, (token, conn_rx), exited, cancel).await,
+        Err(e) => {
+            shared.pending.forget(&token);
+            warn!(pid, error = %e, "the handed-over worker is gone");
+            Err(Outcome::Ended { healthy: false })
+        }
+    };
+    match connected {
+        Ok((conn, exited)) => {
+            info!(pid, "adopted the worker the previous gateway handed over");
+            serve(shared, id, pid, conn, (exited, evidence), cancel).await
+        }
+        Err(outcome) => {
+            spawn::kill(pid);
+            shared.worker_lost(id, false, None).await;
+            outcome
+        }
+    }
+}
+
+type Exited = tokio::sync::oneshot::Receiver<std::process::ExitStatus>;
+pub type ConnRx = tokio::sync::oneshot::Receiver<WorkerConn>;
+
+/// Waits for the hello of the worker `pid` (presenting `token`), or its exit, or the stop.
+async fn connect(
+    shared: &Arc<Shared>,
+    id: u32,
+    pid: u32,
+    (token, conn_rx): (String, ConnRx),
+    mut exited: Exited,
+    cancel: &CancellationToken,
+) -> Result<(WorkerConn, Exited), Outcome> {
     shared.update(id, |s| s.pid = Some(pid));
 
     let conn = tokio::select! {
@@ -218,7 +283,7 @@ async fn run_once(shared: &Arc<Shared>, id: u32, cancel: &CancellationToken) -> 
             let why = status.map(|s| spawn::describe(&s)).unwrap_or_else(|_| "unknown exit".into());
             error!(pid, exit = %why, "worker exited before saying hello");
             shared.update(id, |s| s.last_exit = Some(why));
-            return Outcome::Ended { healthy: false };
+            return Err(Outcome::Ended { healthy: false });
         }
         _ = cancel.cancelled() => None,
     };
@@ -227,20 +292,20 @@ async fn run_once(shared: &Arc<Shared>, id: u32, cancel: &CancellationToken) -> 
         spawn::kill(pid);
         let _ = exited.await;
         if cancel.is_cancelled() {
-            return Outcome::Shutdown;
+            return Err(Outcome::Shutdown);
         }
         let timeout = shared.config.hello_timeout;
         shared.update(id, |s| s.last_exit = Some(format!("killed: no hello within {timeout:?}")));
-        return Outcome::Ended { healthy: false };
+        return Err(Outcome::Ended { healthy: false });
     };
     if conn.peer_pid != Some(pid as i32) {
         // The token leaked to another process: refuse it and start over with a fresh one.
         error!(pid, peer_pid = ?conn.peer_pid, "IPC hello with this worker's token came from another process");
         spawn::kill(pid);
         let _ = exited.await;
-        return Outcome::Ended { healthy: false };
+        return Err(Outcome::Ended { healthy: false });
     }
-    serve(shared, id, pid, conn, (exited, evidence), cancel).await
+    Ok((conn, exited))
 }
 
 /// Ping bookkeeping shared between the pinger and the reader.
@@ -257,7 +322,7 @@ async fn serve(
     id: u32,
     pid: u32,
     conn: WorkerConn,
-    (mut exited, mut evidence): (tokio::sync::oneshot::Receiver<std::process::ExitStatus>, Option<Evidence>),
+    (mut exited, mut evidence): (Exited, Option<Evidence>),
     cancel: &CancellationToken,
 ) -> Outcome {
     let WorkerConn { hello, reader, mut writer, .. } = conn;
@@ -340,7 +405,14 @@ async fn serve(
                 break kill(Kill::QueueFull);
             }
             r = &mut reader_task.0 => {
-                let end = r.unwrap_or_else(|e| ReadEnd { why: format!("reader task failed: {e}"), kill: None });
+                let end = r.unwrap_or_else(|e| ReadEnd { why: format!("reader task failed: {e}"), kill: None, handed_over: false });
+                if end.handed_over {
+                    // Everything it sent here is in; it plays on under the next gateway.
+                    info!(pid, "worker handed over");
+                    shared.worker_disconnected(id);
+                    shared.handed_over(super::Handed { id, pid, evidence: evidence.take().map(Evidence::into_fd) });
+                    return Outcome::HandedOver;
+                }
                 warn!(pid, reason = %end.why, "worker connection ended");
                 match end.kill {
                     Some(why) => break kill(why),
@@ -432,7 +504,7 @@ async fn read_loop(
     ipc: Arc<IpcCounters>,
 ) -> ReadEnd {
     use std::sync::atomic::Ordering;
-    let end = |why: &str| ReadEnd { why: why.into(), kill: None };
+    let end = |why: &str| ReadEnd { why: why.into(), kill: None, handed_over: false };
     let mut leases = Leases::default();
     let mut budget = Budget::new();
     let resolving = Arc::new(tokio::sync::Semaphore::new(MAX_RESOLVING));
@@ -451,7 +523,7 @@ async fn read_loop(
         };
         if !budget.spend(reader.bytes_received() - before) {
             error!(worker = id, "worker is flooding its IPC connection");
-            return ReadEnd { why: "worker flooded its IPC connection".into(), kill: Some(Kill::Flooding) };
+            return ReadEnd { why: "worker flooded its IPC connection".into(), kill: Some(Kill::Flooding), handed_over: false };
         }
         match msg {
             ToGateway::Pong { seq } => {
@@ -481,6 +553,8 @@ async fn read_loop(
                 }
             }
             ToGateway::Hello(_) => return end("worker sent a second hello"),
+            // Only after a handover was asked for does the slot take this end as one.
+            ToGateway::HandedOver => return ReadEnd { why: "handed over".into(), kill: None, handed_over: shared.is_handing_over() },
             ToGateway::Player { player, event } => {
                 if shared.player_events.send(WorkerEvent::Player { worker: id, player, event }).await.is_err() {
                     return end("the gateway is stopping");

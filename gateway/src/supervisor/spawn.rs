@@ -61,6 +61,40 @@ impl Evidence {
     }
 }
 
+impl Evidence {
+    /// The read end a previous gateway handed over.
+    pub fn from_fd(fd: std::os::fd::OwnedFd) -> Self {
+        Self(fd.into())
+    }
+
+    /// The read end, to hand over to the next gateway.
+    pub fn into_fd(self) -> std::os::fd::OwnedFd {
+        self.0.into()
+    }
+}
+
+/// Watches a process this gateway did not spawn (a worker adopted from the previous gateway)
+/// through a pidfd: the receiver resolves once it has exited, with an error, since its exit
+/// status is its parent's to read.
+pub fn watch(pid: u32) -> std::io::Result<oneshot::Receiver<ExitStatus>> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor, owned below.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor pidfd_open just returned, owned by nothing else.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    let (tx, exited) = oneshot::channel::<ExitStatus>();
+    std::thread::Builder::new().name(format!("caldera-watch-{pid}")).spawn(move || {
+        let mut poll = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd; a pidfd becomes readable when its process exits.
+        while unsafe { libc::poll(&mut poll, 1, -1) } < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {}
+        drop(tx);
+    })?;
+    Ok(exited)
+}
+
 struct Request {
     spec: SpawnSpec,
     reply: oneshot::Sender<std::io::Result<SpawnedChild>>,
