@@ -208,7 +208,8 @@ pub struct Inheritance {
     pub adoption: Adoption,
     pub sessions: SessionsRecord,
     pub players: PlayersRecord,
-    pub predecessor: Predecessor,
+    /// The gateway that handed over; none when taking over from one that died.
+    pub predecessor: Option<Predecessor>,
 }
 
 /// The gateway that handed over, waiting to hear that this one serves.
@@ -254,7 +255,7 @@ impl Inheritance {
             adoption: Adoption { runtime_dir: snapshot.runtime_dir, listener: ipc, workers },
             sessions: snapshot.sessions,
             players: snapshot.players,
-            predecessor: Predecessor { pid: snapshot.from_pid, listener, channel },
+            predecessor: Some(Predecessor { pid: snapshot.from_pid, listener, channel }),
         }))
     }
 }
@@ -289,4 +290,97 @@ fn receive_header(channel: &UnixStream) -> Result<([u8; 16], Vec<OwnedFd>), Hand
         (&*channel).read_exact(&mut header[got..]).map_err(HandoverError::Channel)?;
     }
     Ok((header, fds))
+}
+
+/// Where a gateway whose workers may outlive it keeps what the next one needs, should it die
+/// without handing over: in its runtime directory, rewritten as it changes.
+const STATE_FILE: &str = "state.json";
+/// How often the state file is brought up to date.
+const PERSIST_EVERY: Duration = Duration::from_secs(1);
+
+/// Keeps the state file up to date (every [`PERSIST_EVERY`], when something changed): workers
+/// with their tokens, sessions with their queues, players. Written whole and renamed into place.
+pub async fn persist(node: Arc<Node>) {
+    let (dir, _) = node.supervisor.ipc_endpoint();
+    let (path, temp) = (dir.join(STATE_FILE), dir.join(format!("{STATE_FILE}.{}", std::process::id())));
+    let mut last = Vec::new();
+    let mut tick = tokio::time::interval(PERSIST_EVERY);
+    loop {
+        tick.tick().await;
+        let snapshot = Snapshot {
+            from_pid: std::process::id(),
+            runtime_dir: dir.to_path_buf(),
+            workers: node.supervisor.adoptable().into_iter().map(|w| WorkerRecord { id: w.id, pid: w.adopted.pid, token: w.adopted.token, evidence: None }).collect(),
+            sessions: node.sessions.record(),
+            players: node.players.record(),
+        };
+        let Ok(json) = serde_json::to_vec(&snapshot) else { continue };
+        if json == last {
+            continue;
+        }
+        let written = std::fs::write(&temp, &json).and_then(|()| std::fs::rename(&temp, &path));
+        match written {
+            Ok(()) => last = json,
+            Err(e) => warn!(error = %e, path = %path.display(), "cannot keep the state for the next gateway"),
+        }
+    }
+}
+
+/// Takes over from a gateway that died without handing over (SIGKILL, a crash), when workers
+/// may outlive their gateway: the newest runtime directory of ours whose gateway is gone and
+/// whose state file names workers still alive. They reconnect to the socket bound anew at the
+/// same path; sessions wait for their clients' resumes (those that were not resumable, for this
+/// one resume), players stay on the workers that came along, the others are restored.
+pub fn recover(base: &std::path::Path) -> Option<Inheritance> {
+    let mut candidates: Vec<(std::time::SystemTime, PathBuf)> = crate::supervisor::RuntimeDir::orphans(base)
+        .into_iter()
+        .filter_map(|dir| Some((std::fs::metadata(dir.join(STATE_FILE)).ok()?.modified().ok()?, dir)))
+        .collect();
+    candidates.sort();
+    let (_, dir) = candidates.pop()?;
+    let snapshot: Snapshot = match std::fs::read(dir.join(STATE_FILE)).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(dir = %dir.display(), error = %e, "the state a dead gateway left is unreadable; starting afresh");
+            return None;
+        }
+    };
+    let workers: Vec<HandedWorker> = snapshot
+        .workers
+        .into_iter()
+        .filter(|w| is_worker(w.pid))
+        .map(|w| HandedWorker { id: w.id, adopted: Adopted { pid: w.pid, token: w.token, evidence: None } })
+        .collect();
+    if workers.is_empty() {
+        return None;
+    }
+    let socket = dir.join("ipc.sock");
+    let _ = std::fs::remove_file(&socket);
+    let listener = match std::os::unix::net::UnixListener::bind(&socket) {
+        Ok(l) => OwnedFd::from(l),
+        Err(e) => {
+            warn!(socket = %socket.display(), error = %e, "cannot listen where the dead gateway's workers wait; starting afresh");
+            return None;
+        }
+    };
+    let mut sessions = snapshot.sessions;
+    for s in &mut sessions.sessions {
+        if !s.resuming {
+            s.resuming = true;
+            s.restore_resuming = Some(false);
+        }
+    }
+    info!(from = snapshot.from_pid, dir = %dir.display(), workers = workers.len(), sessions = sessions.sessions.len(), players = snapshot.players.players.len(), "taking over the workers of a gateway that died");
+    Some(Inheritance { adoption: Adoption { runtime_dir: dir, listener, workers }, sessions, players: snapshot.players, predecessor: None })
+}
+
+/// Whether `pid` is a live worker process of ours.
+fn is_worker(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let (comm, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
+            Some(comm == "caldera-worker" && !rest.starts_with('Z'))
+        })
+        .unwrap_or(false)
 }

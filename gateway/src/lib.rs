@@ -50,16 +50,25 @@ pub async fn run(settings: Settings) -> Result<(), GatewayError> {
     let inherited = tokio::task::spawn_blocking(handover::Inheritance::receive)
         .await
         .map_err(|e| GatewayError::Handover(handover::HandoverError::Channel(std::io::Error::other(e))))??;
+    // Workers that outlive their gateway wait for the next one in the same runtime directory.
+    let outlive = !settings.orphan_wait.is_zero();
+    let inherited = match inherited {
+        None if outlive => handover::recover(&supervisor::RuntimeDir::base()),
+        i => i,
+    };
     let (node, predecessor) = match inherited {
         Some(handover::Inheritance { adoption, sessions, players, predecessor }) => {
             let adopted: Vec<u32> = adoption.workers.iter().map(|w| w.id).collect();
             let node = Node::start(settings, Some(adoption))?;
             node.sessions.restore(sessions);
             node.players.restore(players, &adopted);
-            (node, Some(predecessor))
+            (node, predecessor)
         }
         None => (Node::start(settings, None)?, None),
     };
+    if outlive {
+        node.spawn("persist", handover::persist(node.clone()));
+    }
     let workers = node.settings.workers;
     let Some(ready) = node.wait_for_workers(WORKERS_READY_TIMEOUT).await else {
         node.set_phase(Phase::Draining);

@@ -153,6 +153,8 @@ impl Node {
             .env_remove("SERVER_PORT")
             .env_remove("SERVER_ADDRESS")
             .env_remove("LAVALINK_SERVER_PASSWORD")
+            // Under systemd workers outlive their gateway; tests that want that say so.
+            .env_remove("RUNTIME_DIRECTORY")
             .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

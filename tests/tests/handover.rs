@@ -153,3 +153,164 @@ fn a_new_gateway_that_cannot_start_leaves_the_old_one_serving() {
     assert!(steady.max_gap() < Duration::from_millis(200), "gap {:?}", steady.max_gap());
     assert!(audio.last_arrival().is_some_and(|t| t > at));
 }
+
+#[test]
+fn under_systemd_the_new_gateway_becomes_the_main_process_and_pings_the_watchdog() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let voice = caldera_tests::voice::VoiceServer::start();
+    let mut node = caldera_tests::Node::start_with(caldera_tests::NodeOptions {
+        workers: 1,
+        env: vec![
+            ("NOTIFY_SOCKET".into(), path.display().to_string()),
+            ("WATCHDOG_USEC".into(), "400000".into()),
+            ("SSL_CERT_FILE".into(), voice.ca_file().display().to_string()),
+        ],
+        ..Default::default()
+    });
+    let recv = || {
+        let mut buf = [0u8; 1024];
+        socket.recv(&mut buf).ok().map(|n| String::from_utf8_lossy(&buf[..n]).to_string())
+    };
+    caldera_tests::eventually(Duration::from_secs(30), "READY=1", || recv().filter(|m| m.contains("READY=1")));
+    let session = Session::connect(&node);
+    let media = caldera_tests::http_server::TestServer::start();
+    media.route("/tone.wav", Route::file(caldera_tests::audio::sine_wav(440.0, 20.0, 48_000, 2, 0.5), "audio/wav"));
+    let guild = 9401;
+    let voice_state = json!({"token": "t", "endpoint": voice.endpoint(), "sessionId": "s", "channelId": caldera_tests::rig::CHANNEL});
+    let (status, body) = session.patch(guild, json!({"voice": voice_state, "track": {"identifier": media.url("/tone.wav")}}));
+    assert_eq!(status, 200, "{body}");
+    let conn = voice.wait_audio(guild, 25, Duration::from_secs(20));
+
+    // What `systemctl reload` does (ExecReload=/bin/kill -USR2 $MAINPID).
+    node.signal(Signal::SIGUSR2);
+    let mainpid = caldera_tests::eventually(Duration::from_secs(30), "MAINPID=", || recv().filter(|m| m.contains("MAINPID=")));
+    let pid: u32 = mainpid.split("MAINPID=").nth(1).and_then(|p| p.lines().next()).and_then(|p| p.trim().parse().ok()).expect("a pid");
+    let successor = Successor(pid);
+    assert!(node.wait_exit(Duration::from_secs(10)).expect("the old gateway exits").success());
+    assert!(successor.alive());
+    // The new main process keeps the watchdog fed.
+    let t0 = Instant::now();
+    let mut pings = 0;
+    while t0.elapsed() < Duration::from_secs(1) {
+        if recv().is_some_and(|m| m.contains("WATCHDOG=1")) {
+            pings += 1;
+        }
+    }
+    assert!(pings >= 3, "{pings} watchdog pings in 1 s from the new gateway");
+    assert!(conn.wait_packets(conn.packets() + 25, Duration::from_secs(5)));
+    let audio = conn.audio();
+    let steady = audio.range(25..audio.packets());
+    assert!(steady.max_gap() < Duration::from_millis(200), "gap {:?}", steady.max_gap());
+    assert_eq!(voice.connections(guild).len(), 1);
+}
+
+/// A node whose workers outlive it for `wait_ms`, in the runtime directory `runtime`.
+fn outliving_node(runtime: &std::path::Path, voice: &caldera_tests::voice::VoiceServer, wait_ms: u64) -> caldera_tests::Node {
+    caldera_tests::Node::start_with(caldera_tests::NodeOptions {
+        workers: 2,
+        env: vec![
+            ("RUNTIME_DIRECTORY".into(), runtime.display().to_string()),
+            ("SSL_CERT_FILE".into(), voice.ca_file().display().to_string()),
+        ],
+        yaml: format!("lavalink:\n  server:\n    playerUpdateInterval: 1\ncaldera:\n  workers: 2\n  worker:\n    orphanWaitMs: {wait_ms}\n"),
+        ..Default::default()
+    })
+}
+
+fn node_worker_pids(node: &caldera_tests::Node) -> Vec<u64> {
+    let workers: Value = node.get("/v4/caldera/workers").json().unwrap();
+    let mut pids: Vec<u64> = workers["workers"].as_array().unwrap().iter().filter_map(|w| w["pid"].as_u64()).collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// Plays the Opus tone in `guilds` through `node`; returns the voice connections.
+fn play_through(node: &caldera_tests::Node, session: &Session, voice: &caldera_tests::voice::VoiceServer, guilds: &[u64]) -> Vec<caldera_tests::voice::Connection> {
+    let media = caldera_tests::http_server::TestServer::start();
+    media.route("/tone.opus", Route::file(tone("handover440.opus", 440, 30, &["-c:a", "libopus", "-b:a", "96k", "-frame_duration", "20", "-f", "ogg"]), "audio/ogg"));
+    let _ = node;
+    for &g in guilds {
+        let voice_state = json!({"token": format!("t{g}"), "endpoint": voice.endpoint(), "sessionId": format!("s{g}"), "channelId": caldera_tests::rig::CHANNEL});
+        let (status, body) = session.patch(g, json!({"voice": voice_state, "track": {"identifier": media.url("/tone.opus"), "userData": {"guild": g}}}));
+        assert_eq!(status, 200, "{body}");
+    }
+    let conns = guilds.iter().map(|g| voice.wait_audio(*g, 25, Duration::from_secs(30))).collect();
+    // The media server may go: the tracks are buffered well past the test.
+    std::mem::forget(media);
+    conns
+}
+
+#[test]
+fn a_gateway_killed_outright_leaves_its_workers_playing_for_the_next_one() {
+    let runtime = tempfile::tempdir().unwrap();
+    let voice = caldera_tests::voice::VoiceServer::start();
+    let mut node = outliving_node(runtime.path(), &voice, 20_000);
+    let session = Session::connect(&node);
+    session.configure(json!({"resuming": true, "timeout": 30}));
+    let guilds = [9501, 9502, 9503, 9504];
+    let conns = play_through(&node, &session, &voice, &guilds);
+    let workers = node_worker_pids(&node);
+    assert_eq!(workers.len(), 2);
+    // The state for the next gateway is kept every second.
+    std::thread::sleep(Duration::from_millis(1500));
+
+    node.signal(Signal::SIGKILL);
+    node.wait_exit(Duration::from_secs(5)).expect("the gateway died");
+    // Its workers play on without it.
+    for c in &conns {
+        assert!(c.wait_packets(c.packets() + 50, Duration::from_secs(5)), "guild {} fell silent without its gateway", c.guild_id());
+    }
+    assert!(workers.iter().all(|p| alive(*p as u32)));
+
+    let next = outliving_node(runtime.path(), &voice, 20_000);
+    assert!(next.logs.wait_for("taking over the workers of a gateway that died", Duration::from_secs(5)).is_some());
+    caldera_tests::eventually(Duration::from_secs(5), "the next gateway to adopt the same workers", || (node_worker_pids(&next) == workers).then_some(()));
+    let resumed = Session::connect_with(&next, &[("Session-Id", Some(&session.id))]).expect("resume at the next gateway");
+    assert_eq!(resumed.ready["resumed"], true);
+    for &g in &guilds {
+        let (status, p) = resumed.get_player(g);
+        assert_eq!(status, 200, "{p}");
+        assert_eq!(p["track"]["userData"]["guild"], g);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let mut worst = Duration::ZERO;
+    for (c, g) in conns.iter().zip(guilds) {
+        assert_eq!(voice.connections(g).len(), 1, "guild {g} reconnected its voice");
+        let audio = c.audio();
+        worst = worst.max(audio.range(25..audio.packets()).max_gap());
+    }
+    println!("worst gap while the gateway was dead and replaced: {worst:?}");
+    assert!(worst <= Duration::from_millis(200), "audio gapped {worst:?}");
+    // The adopted workers take commands.
+    let (status, _) = resumed.patch(guilds[0], json!({"paused": true}));
+    assert_eq!(status, 200);
+    std::thread::sleep(Duration::from_millis(400));
+    let paused_at = conns[0].packets();
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(conns[0].packets() <= paused_at + 5, "still playing after the pause");
+    // A clean stop takes the workers with it.
+    next.signal(Signal::SIGTERM);
+    caldera_tests::eventually(Duration::from_secs(10), "the workers to stop with the gateway", || workers.iter().all(|p| !alive(*p as u32)).then_some(()));
+}
+
+#[test]
+fn workers_left_without_a_gateway_stop_after_their_wait() {
+    let runtime = tempfile::tempdir().unwrap();
+    let voice = caldera_tests::voice::VoiceServer::start();
+    let mut node = outliving_node(runtime.path(), &voice, 2_000);
+    let session = Session::connect(&node);
+    let conns = play_through(&node, &session, &voice, &[9601]);
+    let workers = node_worker_pids(&node);
+    node.signal(Signal::SIGKILL);
+    node.wait_exit(Duration::from_secs(5)).expect("the gateway died");
+    let killed = Instant::now();
+    assert!(conns[0].wait_packets(conns[0].packets() + 25, Duration::from_secs(2)), "fell silent at once");
+    caldera_tests::eventually(Duration::from_secs(8), "the orphaned workers to stop", || workers.iter().all(|p| !alive(*p as u32)).then_some(()));
+    let gone = killed.elapsed();
+    println!("workers stopped {gone:?} after their gateway died");
+    assert!(gone >= Duration::from_millis(1500), "stopped before their wait: {gone:?}");
+    assert!(conns[0].wait_closed(Duration::from_secs(5)).is_some() || !conns[0].ws_open());
+}

@@ -14,7 +14,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
-use tracing::{debug, info, info_span, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const RESOURCE_INTERVAL: Duration = Duration::from_secs(2);
@@ -94,21 +94,27 @@ async fn greet(reader: &mut Reader, writer: &mut Writer, config: &WorkerConfig, 
     }
 }
 
-/// Connects to the gateway taking over (it listens at the same socket) and greets it, trying
-/// for up to [`HANDOVER_WAIT`].
-async fn reconnect(config: &WorkerConfig, token: &str) -> Result<(Reader, Writer, WorkerSettings), IpcError> {
-    let deadline = tokio::time::Instant::now() + HANDOVER_WAIT;
+/// Connects to the next gateway (it listens at the same socket path) and greets it, trying for
+/// up to `wait`.
+async fn reconnect(config: &WorkerConfig, token: &str, wait: Duration) -> Result<(Reader, Writer, WorkerSettings), IpcError> {
+    let deadline = tokio::time::Instant::now() + wait;
     loop {
-        match UnixStream::connect(&config.socket).await {
-            Ok(stream) => {
-                let (mut reader, mut writer) = framed(stream);
-                let settings = greet(&mut reader, &mut writer, config, token).await?;
-                return Ok((reader, writer, settings));
+        let attempt = async {
+            let stream = UnixStream::connect(&config.socket)
+                .await
+                .map_err(|source| IpcError::Connect { path: config.socket.display().to_string(), source })?;
+            let (mut reader, mut writer) = framed(stream);
+            let settings = greet(&mut reader, &mut writer, config, token).await?;
+            Ok::<_, IpcError>((reader, writer, settings))
+        };
+        match attempt.await {
+            Ok(connected) => return Ok(connected),
+            // Nobody listening yet, or a gateway that is not ready for us yet: try again.
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+            Err(e) => {
+                debug!(error = %e, "no gateway to reconnect to yet");
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Err(source) if tokio::time::Instant::now() >= deadline => {
-                return Err(IpcError::Connect { path: config.socket.display().to_string(), source });
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
 }
@@ -128,7 +134,8 @@ where
     let settings = Arc::new(RwLock::new(Settings { ipc: ipc_settings, local_dirs }));
 
     // One writer task owns the socket's write half; everything else sends through `out`. After
-    // a `HandedOver` it waits for the next connection's (what is sent meanwhile waits in `out`).
+    // a `HandedOver`, or when the gateway is gone, it waits for the next connection's (what is
+    // sent meanwhile waits in `out`).
     let (out, mut out_rx) = mpsc::channel::<ToGateway>(1024);
     let (next_writer, mut next_writers) = mpsc::channel::<Writer>(1);
     let mut writer_task = tokio::spawn(
@@ -140,7 +147,8 @@ where
                 }
                 let Some(w) = writer.as_mut() else { break };
                 if w.send(&msg).await.is_err() {
-                    break;
+                    writer = None;
+                    continue;
                 }
                 if msg == ToGateway::HandedOver {
                     let _ = w.shutdown().await;
@@ -175,6 +183,8 @@ where
     let mut leaving = tokio::task::JoinSet::new();
     let mut players: HashMap<u64, crate::player::PlayerHandle> = HashMap::new();
     let current = |settings: &RwLock<Settings>| settings.read().unwrap_or_else(|e| e.into_inner()).clone();
+    // What this worker says hello with to the next gateway: a handover gives it a new one.
+    let mut token = config.token.clone();
     let result = loop {
         // Reap finished tasks so the sets stay small.
         while loads.try_join_next().is_some() || leaving.try_join_next().is_some() {}
@@ -229,7 +239,7 @@ where
             }
             Ok(Some(ToWorker::RouteLease { id, address })) => routes.deliver(id, address),
             Ok(Some(ToWorker::Resolved { id, result })) => routes.deliver_resolved(id, result),
-            Ok(Some(ToWorker::Handover { token })) => {
+            Ok(Some(ToWorker::Handover { token: next })) => {
                 info!("handing over to a new gateway; the players keep playing");
                 if let Err(e) = process::outlive_parent() {
                     break Err(IpcError::Handover(e.to_string()));
@@ -237,7 +247,8 @@ where
                 if out.send(ToGateway::HandedOver).await.is_err() {
                     break Ok(());
                 }
-                let (next_reader, writer, s) = match reconnect(config, &token).await {
+                token = next;
+                let (next_reader, writer, s) = match reconnect(config, &token, HANDOVER_WAIT.max(config.orphan_wait)).await {
                     Ok(c) => c,
                     Err(e) => break Err(e),
                 };
@@ -250,7 +261,26 @@ where
                 info!(worker_id = config.worker_id, "connected to the new gateway");
             }
             Ok(Some(ToWorker::Hello(_))) => debug!("ignoring a second hello"),
-            // The gateway is gone: nothing to serve any more.
+            // The gateway is gone without a handover (killed, crashed): play on for a while if
+            // the next one may adopt us, else there is nothing to serve any more.
+            Ok(None) | Err(FrameError::Io(_) | FrameError::Truncated { .. }) if !config.orphan_wait.is_zero() => {
+                warn!(wait_ms = config.orphan_wait.as_millis() as u64, "the gateway is gone; playing on, waiting for the next one");
+                match reconnect(config, &token, config.orphan_wait).await {
+                    Ok((next_reader, writer, s)) => {
+                        reader = next_reader;
+                        net.configure(&s);
+                        settings.write().unwrap_or_else(|e| e.into_inner()).ipc = s;
+                        if next_writer.send(writer).await.is_err() {
+                            break Ok(());
+                        }
+                        info!(worker_id = config.worker_id, "adopted by the next gateway");
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "no gateway came back; stopping");
+                        break Ok(());
+                    }
+                }
+            }
             Ok(None) => {
                 info!("gateway closed the connection");
                 break Ok(());

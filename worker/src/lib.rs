@@ -64,6 +64,9 @@ pub struct WorkerConfig {
     pub local_dirs: Vec<String>,
     /// The crash-evidence pipe's write end ([`crash`]), when the gateway gave one.
     pub evidence_fd: Option<i32>,
+    /// How long to play on when the gateway dies without handing over, waiting for the next
+    /// one to adopt this worker; zero: die with it.
+    pub orphan_wait: std::time::Duration,
 }
 
 impl WorkerConfig {
@@ -87,6 +90,10 @@ impl WorkerConfig {
             local_dirs: std::env::var("CALDERA_LOCAL_DIRS")
                 .map(|v| v.split('\n').filter(|d| !d.is_empty()).map(str::to_string).collect())
                 .unwrap_or_default(),
+            orphan_wait: match std::env::var("CALDERA_ORPHAN_WAIT_MS") {
+                Ok(_) => std::time::Duration::from_millis(parse("CALDERA_ORPHAN_WAIT_MS")?),
+                Err(_) => std::time::Duration::ZERO,
+            },
             evidence_fd: match std::env::var(caldera_protocol::evidence::EVIDENCE_FD_ENV) {
                 Ok(v) => Some(v.parse().map_err(|_| WorkerError::InvalidEnv { name: caldera_protocol::evidence::EVIDENCE_FD_ENV, value: v })?),
                 Err(_) => None,
@@ -108,7 +115,7 @@ pub fn run(config: WorkerConfig) -> Result<(), WorkerError> {
 /// runtime starts: the tests' probe worker uses it to try, from inside a worker the gateway
 /// spawned, what the sandbox must refuse.
 pub fn run_with(config: WorkerConfig, confined: impl FnOnce(&sandbox::Report)) -> Result<(), WorkerError> {
-    process::die_with_parent(config.gateway_pid)?;
+    process::check_parent(config.gateway_pid, config.orphan_wait.is_zero())?;
     process::limit_malloc_arenas();
     if let Some(fd) = config.evidence_fd {
         crash::install(fd).map_err(WorkerError::CrashHandlers)?;

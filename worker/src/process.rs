@@ -4,10 +4,13 @@ use crate::WorkerError;
 use caldera_protocol::ResourceReport;
 use nix::sys::signal::Signal;
 
-/// Die with the gateway: SIGKILL on parent death, then make sure the parent is still the gateway
-/// (it may have died before the signal was armed, leaving us re-parented).
-pub fn die_with_parent(gateway_pid: i32) -> Result<(), WorkerError> {
-    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(WorkerError::ParentDeathSignal)?;
+/// Makes sure the parent is still the gateway (it may have died before we got here, leaving us
+/// re-parented); with `die_with_it`, SIGKILL on its death first. A worker that may outlive its
+/// gateway instead waits for the next one when the connection ends (see `ipc`).
+pub fn check_parent(gateway_pid: i32, die_with_it: bool) -> Result<(), WorkerError> {
+    if die_with_it {
+        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(WorkerError::ParentDeathSignal)?;
+    }
     let actual = nix::unistd::getppid().as_raw();
     if actual != gateway_pid {
         return Err(WorkerError::ParentGone { expected: gateway_pid, actual });

@@ -51,6 +51,7 @@ async fn start() -> (Gateway, tokio::task::JoinHandle<Result<(), caldera_worker:
         sandbox: sandbox::Mode::Off,
         local_dirs: vec![fixtures()],
         evidence_fd: None,
+        orphan_wait: Duration::ZERO,
     };
     let worker = tokio::spawn(async move { serve_connection(theirs, &config).await });
     let (read, write) = ours.into_split();
@@ -123,6 +124,7 @@ async fn a_worker_needs_its_settings_right_after_the_hello() {
         sandbox: sandbox::Mode::Off,
         local_dirs: Vec::new(),
         evidence_fd: None,
+        orphan_wait: Duration::ZERO,
     };
     let worker = tokio::spawn(async move { serve_connection(theirs, &config).await });
     let (read, write) = ours.into_split();

@@ -370,11 +370,15 @@ pub struct WorkerProcessConfig {
     /// Data-segment ceiling per worker, e.g. `512M`, `2G` or bytes; none by default.
     #[serde(deserialize_with = "string_or_number")]
     pub memory_limit: Option<String>,
+    /// How long workers whose gateway died without handing over play on, waiting for the next
+    /// gateway in the same runtime directory to adopt them; 0: they die with it. Default: 30000
+    /// under systemd (a runtime directory of the service's own), else 0.
+    pub orphan_wait_ms: Option<u64>,
 }
 
 impl Default for WorkerProcessConfig {
     fn default() -> Self {
-        Self { sandbox: "strict".into(), memory_limit: None }
+        Self { sandbox: "strict".into(), memory_limit: None, orphan_wait_ms: None }
     }
 }
 

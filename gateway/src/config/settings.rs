@@ -40,6 +40,8 @@ pub struct Settings {
     pub sandbox: SandboxMode,
     /// Data-segment ceiling per worker, in bytes.
     pub memory_limit: Option<u64>,
+    /// How long workers outlive a gateway that died without handing over (zero: not at all).
+    pub orphan_wait: Duration,
     /// Timeouts and proxy of outbound source requests.
     pub http: caldera_protocol::HttpSettings,
     /// Lavalink's audio keys.
@@ -65,6 +67,9 @@ pub struct ResolverSettings {
     /// Most tracks of a playlist (`youtubePlaylistLoadLimit` pages of 100, as Lavaplayer).
     pub playlist_limit: usize,
 }
+
+/// How long workers wait for the next gateway under systemd, where a restart follows a crash.
+const DEFAULT_ORPHAN_WAIT: Duration = Duration::from_secs(30);
 
 /// Where the setup script installs the resolver's environment, relative to the repository.
 const RESOLVER_VENV_PYTHON: &str = "resolver/venv/bin/python";
@@ -185,6 +190,12 @@ impl Settings {
                 }
                 Some(bytes)
             }
+        };
+        let orphan_wait = match caldera.worker.orphan_wait_ms {
+            Some(ms) if ms > 600_000 => return Err(invalid("caldera.worker.orphanWaitMs", format!("must be at most 600000, got {ms}"))),
+            Some(ms) => Duration::from_millis(ms),
+            None if std::env::var_os("RUNTIME_DIRECTORY").is_some() => DEFAULT_ORPHAN_WAIT,
+            None => Duration::ZERO,
         };
         let route_planner = match &server.ratelimit {
             r if !r.ip_blocks.is_empty() => Some(route_planner(r).map_err(|(key, message)| invalid(key, message))?),
@@ -315,6 +326,7 @@ impl Settings {
             load_timeout: Duration::from_millis(caldera.load_timeout_ms),
             sandbox,
             memory_limit,
+            orphan_wait,
             http,
             audio,
             resolver,

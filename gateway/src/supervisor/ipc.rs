@@ -95,6 +95,9 @@ impl PendingSpawns {
     }
 }
 
+/// The file naming the gateway that owns a runtime directory now (its name tells the first).
+const OWNER_FILE: &str = "gateway.pid";
+
 /// The private directory holding the socket; removed when dropped.
 #[derive(Debug)]
 pub struct RuntimeDir {
@@ -102,17 +105,15 @@ pub struct RuntimeDir {
 }
 
 impl RuntimeDir {
-    /// `$RUNTIME_DIRECTORY` (systemd), else `$XDG_RUNTIME_DIR`, else the temp dir; inside it a
-    /// fresh `caldera-<pid>-<random>` directory with mode 0700. Directories a killed gateway of
-    /// ours left there (its pid gone) are removed first.
+    /// A fresh `caldera-<pid>-<random>` directory with mode 0700 in [`Self::base`]. Directories
+    /// a killed gateway of ours left there (its pid gone) are removed first.
     pub fn create() -> std::io::Result<Self> {
-        let base = ["RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR"]
-            .iter()
-            .filter_map(std::env::var_os)
-            .map(PathBuf::from)
-            .find(|p| p.is_dir())
-            .unwrap_or_else(std::env::temp_dir);
-        remove_stale(&base);
+        let base = Self::base();
+        for dir in Self::orphans(&base) {
+            if std::fs::remove_dir_all(&dir).is_ok() {
+                tracing::info!(dir = %dir.display(), "removed the runtime directory of a gateway that is gone");
+            }
+        }
         let path = base.join(format!("caldera-{}-{}", std::process::id(), random_hex(4)));
         std::fs::DirBuilder::new().mode(0o700).create(&path)?;
         Self::adopt(path)
@@ -125,6 +126,39 @@ impl RuntimeDir {
         Ok(Self { path })
     }
 
+    /// Where runtime directories go: `$RUNTIME_DIRECTORY` (systemd), else `$XDG_RUNTIME_DIR`,
+    /// else the temp dir.
+    pub fn base() -> PathBuf {
+        ["RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR"]
+            .iter()
+            .filter_map(std::env::var_os)
+            .map(PathBuf::from)
+            .find(|p| p.is_dir())
+            .unwrap_or_else(std::env::temp_dir)
+    }
+
+    /// `caldera-<pid>-<hex>` directories of this user in `base` whose gateway is gone (SIGKILL
+    /// leaves them behind; nothing else does). The owner file, where there is one, names the
+    /// gateway.
+    pub fn orphans(base: &Path) -> Vec<PathBuf> {
+        use std::os::unix::fs::MetadataExt;
+        let uid = nix::unistd::getuid().as_raw();
+        let Ok(entries) = std::fs::read_dir(base) else { return Vec::new() };
+        entries
+            .flatten()
+            .filter(|entry| {
+                let name = entry.file_name();
+                let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("caldera-")).and_then(|n| n.split_once('-')).and_then(|(pid, _)| pid.parse::<u32>().ok()) else {
+                    return false;
+                };
+                let owner = std::fs::read_to_string(entry.path().join(OWNER_FILE)).ok().and_then(|p| p.trim().parse::<u32>().ok());
+                let ours = entry.metadata().is_ok_and(|m| m.is_dir() && m.uid() == uid);
+                ours && !Path::new(&format!("/proc/{}", owner.unwrap_or(pid))).exists()
+            })
+            .map(|entry| entry.path())
+            .collect()
+    }
+
     pub fn socket_path(&self) -> PathBuf {
         self.path.join("ipc.sock")
     }
@@ -134,28 +168,6 @@ impl RuntimeDir {
     }
 }
 
-/// The file naming the gateway that owns a runtime directory now (its name tells the first).
-const OWNER_FILE: &str = "gateway.pid";
-
-/// Removes `caldera-<pid>-<hex>` directories of this user whose gateway is gone (SIGKILL leaves
-/// them behind; nothing else does). The owner file, where there is one, names the gateway.
-fn remove_stale(base: &Path) {
-    use std::os::unix::fs::MetadataExt;
-    let uid = nix::unistd::getuid().as_raw();
-    let Ok(entries) = std::fs::read_dir(base) else { return };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("caldera-")).and_then(|n| n.split_once('-')).and_then(|(pid, _)| pid.parse::<u32>().ok()) else {
-            continue;
-        };
-        let owner = std::fs::read_to_string(entry.path().join(OWNER_FILE)).ok().and_then(|p| p.trim().parse::<u32>().ok());
-        let pid = owner.unwrap_or(pid);
-        let ours = entry.metadata().is_ok_and(|m| m.is_dir() && m.uid() == uid);
-        if ours && !Path::new(&format!("/proc/{pid}")).exists() && std::fs::remove_dir_all(entry.path()).is_ok() {
-            tracing::info!(dir = %entry.path().display(), "removed the runtime directory of a gateway that is gone");
-        }
-    }
-}
 
 impl Drop for RuntimeDir {
     fn drop(&mut self) {

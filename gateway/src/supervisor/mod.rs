@@ -62,6 +62,9 @@ pub struct SupervisorConfig {
     pub sandbox: SandboxMode,
     /// Which sources may be played (a worker's resolve request is checked against them).
     pub sources: SourcesConfig,
+    /// How long workers outlive this gateway if it dies without handing over (zero: they die
+    /// with it).
+    pub orphan_wait: Duration,
 }
 
 impl SupervisorConfig {
@@ -73,6 +76,9 @@ impl SupervisorConfig {
         ];
         if let Some(bytes) = settings.memory_limit {
             worker_env.push(("CALDERA_WORKER_MEMORY_LIMIT".into(), bytes.to_string().into()));
+        }
+        if !settings.orphan_wait.is_zero() {
+            worker_env.push(("CALDERA_ORPHAN_WAIT_MS".into(), settings.orphan_wait.as_millis().to_string().into()));
         }
         Self {
             workers: settings.workers,
@@ -86,6 +92,7 @@ impl SupervisorConfig {
             resolver: settings.resolver.python.is_some().then(|| settings.resolver.clone()),
             sandbox: settings.sandbox,
             sources: settings.sources.clone(),
+            orphan_wait: settings.orphan_wait,
         }
     }
 }
@@ -187,6 +194,9 @@ pub(crate) struct Shared {
     handing_over: AtomicBool,
     /// Workers that went to the next gateway.
     handed: Mutex<Vec<Handed>>,
+    /// Each connected worker's pid and the token it would say hello with to the next gateway,
+    /// should this one die without handing over.
+    tokens: Mutex<HashMap<u32, (u32, String)>>,
 }
 
 /// A worker whose slot ended with its handover: its pid and crash-evidence pipe.
@@ -231,6 +241,15 @@ pub enum WorkerEvent {
 impl Shared {
     pub fn is_handing_over(&self) -> bool {
         self.handing_over.load(Ordering::Acquire)
+    }
+
+    /// The worker in slot `id` connected with `token` (or went away: `None`).
+    pub fn connected(&self, id: u32, worker: Option<(u32, String)>) {
+        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        match worker {
+            Some(w) => tokens.insert(id, w),
+            None => tokens.remove(&id),
+        };
     }
 
     pub fn handed_over(&self, handed: Handed) {
@@ -289,6 +308,7 @@ impl Shared {
     /// crashing thread said so, what it was working on.
     pub async fn worker_lost(&self, worker_id: u32, crashed: bool, culprit: Option<Culprit>) {
         self.worker_disconnected(worker_id);
+        self.connected(worker_id, None);
         // Only a crash handler writes the record: it is evidence of a crash where the exit
         // status is not ours to read (a worker adopted from the previous gateway).
         let crashed = crashed || culprit.is_some();
@@ -316,7 +336,14 @@ impl Shared {
                 env.push((key.into(), v));
             }
         }
-        SpawnSpec { binary: self.config.worker_binary.clone(), args: Vec::new(), env, piped: false, evidence: true }
+        SpawnSpec {
+            binary: self.config.worker_binary.clone(),
+            args: Vec::new(),
+            env,
+            piped: false,
+            evidence: true,
+            die_with_gateway: self.config.orphan_wait.is_zero(),
+        }
     }
 }
 
@@ -362,7 +389,7 @@ impl Supervisor {
             .as_fd()
             .try_clone_to_owned()
             .map_err(|source| SupervisorError::Listen { path: socket_path.clone(), source })?;
-        info!(socket = %socket_path.display(), adopting = adopted.len(), "IPC socket ready");
+        info!(adopting = adopted.len(), socket = %socket_path.display(), "IPC socket ready");
         let spawner = Spawner::start().map_err(SupervisorError::Spawner)?;
         let resolver = match (&config.resolver, &config.resolver.as_ref().and_then(|r| r.python.clone())) {
             (Some(settings), Some(python)) => Some(
@@ -394,6 +421,7 @@ impl Supervisor {
             resolver: resolver.clone(),
             handing_over: AtomicBool::new(false),
             handed: Mutex::new(Vec::new()),
+            tokens: Mutex::new(HashMap::new()),
         });
         // Handed-over workers reconnect at once: their tokens are known before the first accept.
         let mut adopting: HashMap<u32, (Adopted, slot::ConnRx)> = adopted
@@ -464,6 +492,18 @@ impl Supervisor {
                 Some(HandedWorker { id: h.id, adopted: Adopted { pid: h.pid, token, evidence: h.evidence } })
             })
             .collect()
+    }
+
+    /// The connected workers as the next gateway would adopt them, had this one died: slot,
+    /// pid and token.
+    pub fn adoptable(&self) -> Vec<HandedWorker> {
+        let tokens = self.shared.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        let mut workers: Vec<HandedWorker> = tokens
+            .iter()
+            .map(|(id, (pid, token))| HandedWorker { id: *id, adopted: Adopted { pid: *pid, token: token.clone(), evidence: None } })
+            .collect();
+        workers.sort_by_key(|w| w.id);
+        workers
     }
 
     /// Returns once the registry has handled every worker event queued so far.

@@ -403,6 +403,7 @@ impl Resolver {
             env,
             piped: true,
             evidence: false,
+            die_with_gateway: true,
         }
     }
 

@@ -245,7 +245,7 @@ async fn adopt(shared: &Arc<Shared>, id: u32, (adopted, conn_rx): (Adopted, Conn
     };
     match connected {
         Ok((conn, exited)) => {
-            info!(pid, "adopted the worker the previous gateway handed over");
+            info!(pid, "adopted a worker of the previous gateway");
             serve(shared, id, pid, conn, (exited, evidence), cancel).await
         }
         Err(outcome) => {
@@ -305,6 +305,7 @@ async fn connect(
         let _ = exited.await;
         return Err(Outcome::Ended { healthy: false });
     }
+    shared.connected(id, Some((pid, token)));
     Ok((conn, exited))
 }
 

@@ -27,6 +27,8 @@ pub struct SpawnSpec {
     /// Give the child a crash-evidence pipe ([`caldera_protocol::evidence`]); its write end's
     /// number goes into the child's environment.
     pub evidence: bool,
+    /// SIGKILL the child when the gateway dies; off for workers that wait for the next gateway.
+    pub die_with_gateway: bool,
 }
 
 /// A running child: its pid and a receiver that resolves once it has exited and been reaped.
@@ -142,11 +144,14 @@ fn spawn_now(spec: &SpawnSpec) -> std::io::Result<SpawnedChild> {
         None
     };
     let inherited = evidence.as_ref().map(|(_, write)| write.as_raw_fd());
+    let die_with_gateway = spec.die_with_gateway;
     // SAFETY: the closure runs in the forked child before exec and only makes the async-signal-safe
     // prctl(2) and fcntl(2) syscalls; it touches no locks or allocations.
     unsafe {
         cmd.pre_exec(move || {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+            if die_with_gateway {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+            }
             if let Some(fd) = inherited {
                 if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
