@@ -90,10 +90,10 @@ const TCP_FD: usize = 0;
 const IPC_FD: usize = 1;
 
 /// Hands the node over to the binary now on disk. `close_clients` (awaited only once the new
-/// gateway is ready) stops accepting HTTP and closes the client sockets (the HTTP layer's part). Returns the new gateway's pid once it
-/// serves; the caller then exits. An error comes with whether it came after the new gateway
-/// was ready: before, nothing changed and this node serves on; after, the workers have moved
-/// on, and the caller exits all the same.
+/// gateway is ready) stops accepting HTTP and closes the client sockets (the HTTP layer's part).
+/// Returns the new gateway's pid once it serves; the caller then exits. An error comes with
+/// whether it came after the new gateway was ready: before, nothing changed and this node serves
+/// on; after, the workers have moved on, and the caller exits all the same.
 pub async fn hand_over(node: &Arc<Node>, tcp: &OwnedFd, close_clients: impl Future<Output = ()>) -> Result<u32, (HandoverError, bool)> {
     let successor = tokio::task::spawn_blocking(Successor::start)
         .await
@@ -114,7 +114,8 @@ pub async fn hand_over(node: &Arc<Node>, tcp: &OwnedFd, close_clients: impl Futu
     let workers = handed
         .into_iter()
         .map(|HandedWorker { id, adopted }| {
-            let evidence = adopted.evidence.map(|fd| {
+            // Past the descriptors one message carries, a worker goes without its pipe.
+            let evidence = adopted.evidence.filter(|_| fds.len() < MAX_FDS).map(|fd| {
                 fds.push(fd);
                 fds.len() - 1
             });

@@ -6,7 +6,7 @@ use caldera_tests::client::Session;
 use caldera_tests::http_server::Route;
 use caldera_tests::media::tone;
 use caldera_tests::procfs;
-use caldera_tests::rig::{encoded_track, rig, Rig};
+use caldera_tests::rig::rig;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
@@ -16,17 +16,12 @@ use std::time::{Duration, Instant};
 /// stop with it).
 struct Successor(u32);
 
-impl Successor {
-    fn alive(&self) -> bool {
-        procfs::stat(self.0).is_some_and(|(_, state, _)| state != 'Z' && state != 'X')
-    }
-}
 
 impl Drop for Successor {
     fn drop(&mut self) {
         let _ = kill(Pid::from_raw(self.0 as i32), Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(15);
-        while self.alive() && Instant::now() < deadline {
+        while alive(self.0) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = kill(Pid::from_raw(self.0 as i32), Signal::SIGKILL);
@@ -37,34 +32,13 @@ fn alive(pid: u32) -> bool {
     procfs::stat(pid).is_some_and(|(_, state, _)| state != 'Z' && state != 'X')
 }
 
-/// Plays a 30 s Ogg Opus tone (passed through: 20 players stay cheap on a small machine) in
-/// `guilds`, each with its guild number as userData.
-fn play_all(rig: &Rig, guilds: &[u64]) {
-    rig.media.route("/tone.opus", Route::file(tone("handover440.opus", 440, 30, &["-c:a", "libopus", "-b:a", "96k", "-frame_duration", "20", "-f", "ogg"]), "audio/ogg"));
-    let track = encoded_track(rig, "/tone.opus", "ogg");
-    for &g in guilds {
-        let (status, body) = rig.session.patch(g, json!({"voice": rig.voice_state(g), "track": {"encoded": track, "userData": {"guild": g}}}));
-        assert_eq!(status, 200, "{body}");
-    }
-    for &g in guilds {
-        rig.voice.wait_audio(g, 25, Duration::from_secs(30));
-    }
-}
-
-fn worker_pids(rig: &Rig) -> Vec<u64> {
-    let workers: Value = rig.node.get("/v4/caldera/workers").json().unwrap();
-    let mut pids: Vec<u64> = workers["workers"].as_array().unwrap().iter().filter_map(|w| w["pid"].as_u64()).collect();
-    pids.sort_unstable();
-    pids
-}
-
 #[test]
 fn sigusr2_hands_over_to_a_new_gateway_while_every_guild_plays() {
     let mut rig = rig(2);
     rig.session.configure(json!({"resuming": true, "timeout": 30}));
     let guilds: Vec<u64> = (9201..9221).collect();
-    play_all(&rig, &guilds);
-    let workers = worker_pids(&rig);
+    play_through(&rig.session, &rig.voice, &guilds);
+    let workers = node_worker_pids(&rig.node);
     assert_eq!(workers.len(), 2, "{workers:?}");
     let hosts: std::collections::HashSet<u64> = guilds.iter().map(|g| rig.worker_of(*g)).collect();
     assert_eq!(hosts.len(), 2, "the players are spread over both workers");
@@ -79,7 +53,7 @@ fn sigusr2_hands_over_to_a_new_gateway_while_every_guild_plays() {
     let status = rig.node.wait_exit(Duration::from_secs(10)).expect("the old gateway exits");
     assert!(status.success(), "the old gateway exited with {status:?}");
     println!("handover took {:?} (old gateway {old} → new {pid})", asked.elapsed());
-    assert!(successor.alive());
+    assert!(alive(successor.0));
     assert!(rig.node.logs.wait_for("took over from the previous gateway", Duration::from_secs(5)).is_some());
 
     // The client's socket closed with 1001; it resumes with every player intact.
@@ -103,7 +77,7 @@ fn sigusr2_hands_over_to_a_new_gateway_while_every_guild_plays() {
     assert!(after > before, "position {before} → {after}");
 
     // The same worker processes, never restarted, now the new gateway's.
-    assert_eq!(worker_pids(&rig), workers);
+    assert_eq!(node_worker_pids(&rig.node), workers);
     assert!(workers.iter().all(|p| alive(*p as u32)));
     assert_eq!(procfs::live_children(pid, "caldera-worker").len(), 0, "no worker was spawned anew");
 
@@ -123,21 +97,14 @@ fn sigusr2_hands_over_to_a_new_gateway_while_every_guild_plays() {
     assert!(worst <= Duration::from_millis(200), "a guild's audio gapped {worst:?} across the handover");
 
     // The adopted workers take commands from the new gateway.
-    let conn = rig.voice.latest(guilds[0]).unwrap();
-    let (status, _) = resumed.patch(guilds[0], json!({"paused": true}));
-    assert_eq!(status, 200);
-    std::thread::sleep(Duration::from_millis(400));
-    let paused_at = conn.packets();
-    std::thread::sleep(Duration::from_millis(600));
-    assert!(conn.packets() <= paused_at + 5, "still playing after the pause: {} → {}", paused_at, conn.packets());
+    pauses(&resumed, guilds[0], &rig.voice.latest(guilds[0]).unwrap());
 }
 
 #[test]
 fn a_new_gateway_that_cannot_start_leaves_the_old_one_serving() {
     let rig = rig(1);
     let guild = 9301;
-    play_all(&rig, &[guild]);
-    let conn = rig.voice.latest(guild).unwrap();
+    let conn = play_through(&rig.session, &rig.voice, &[guild]).remove(0);
     // The binary on disk reads the configuration anew: a broken one stops it before anything
     // changed.
     std::fs::write(rig.node.dir.path().join("application.yml"), "server: [this is not\n").unwrap();
@@ -176,13 +143,8 @@ fn under_systemd_the_new_gateway_becomes_the_main_process_and_pings_the_watchdog
     };
     caldera_tests::eventually(Duration::from_secs(30), "READY=1", || recv().filter(|m| m.contains("READY=1")));
     let session = Session::connect(&node);
-    let media = caldera_tests::http_server::TestServer::start();
-    media.route("/tone.wav", Route::file(caldera_tests::audio::sine_wav(440.0, 20.0, 48_000, 2, 0.5), "audio/wav"));
     let guild = 9401;
-    let voice_state = json!({"token": "t", "endpoint": voice.endpoint(), "sessionId": "s", "channelId": caldera_tests::rig::CHANNEL});
-    let (status, body) = session.patch(guild, json!({"voice": voice_state, "track": {"identifier": media.url("/tone.wav")}}));
-    assert_eq!(status, 200, "{body}");
-    let conn = voice.wait_audio(guild, 25, Duration::from_secs(20));
+    let conn = play_through(&session, &voice, &[guild]).remove(0);
 
     // What `systemctl reload` does (ExecReload=/bin/kill -USR2 $MAINPID).
     node.signal(Signal::SIGUSR2);
@@ -190,7 +152,7 @@ fn under_systemd_the_new_gateway_becomes_the_main_process_and_pings_the_watchdog
     let pid: u32 = mainpid.split("MAINPID=").nth(1).and_then(|p| p.lines().next()).and_then(|p| p.trim().parse().ok()).expect("a pid");
     let successor = Successor(pid);
     assert!(node.wait_exit(Duration::from_secs(10)).expect("the old gateway exits").success());
-    assert!(successor.alive());
+    assert!(alive(successor.0));
     // The new main process keeps the watchdog fed.
     let t0 = Instant::now();
     let mut pings = 0;
@@ -220,6 +182,16 @@ fn outliving_node(runtime: &std::path::Path, voice: &caldera_tests::voice::Voice
     })
 }
 
+/// Pauses `guild` through `session`: its audio stops at the voice double.
+fn pauses(session: &Session, guild: u64, conn: &caldera_tests::voice::Connection) {
+    let (status, body) = session.patch(guild, json!({"paused": true}));
+    assert_eq!(status, 200, "{body}");
+    std::thread::sleep(Duration::from_millis(400));
+    let paused_at = conn.packets();
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(conn.packets() <= paused_at + 5, "still playing after the pause: {paused_at} → {}", conn.packets());
+}
+
 fn node_worker_pids(node: &caldera_tests::Node) -> Vec<u64> {
     let workers: Value = node.get("/v4/caldera/workers").json().unwrap();
     let mut pids: Vec<u64> = workers["workers"].as_array().unwrap().iter().filter_map(|w| w["pid"].as_u64()).collect();
@@ -227,11 +199,11 @@ fn node_worker_pids(node: &caldera_tests::Node) -> Vec<u64> {
     pids
 }
 
-/// Plays the Opus tone in `guilds` through `node`; returns the voice connections.
-fn play_through(node: &caldera_tests::Node, session: &Session, voice: &caldera_tests::voice::VoiceServer, guilds: &[u64]) -> Vec<caldera_tests::voice::Connection> {
+/// Plays a 30 s Ogg Opus tone (passed through: 20 players stay cheap on a small machine) in
+/// `guilds`, each with its guild number as userData; returns the voice connections.
+fn play_through(session: &Session, voice: &caldera_tests::voice::VoiceServer, guilds: &[u64]) -> Vec<caldera_tests::voice::Connection> {
     let media = caldera_tests::http_server::TestServer::start();
     media.route("/tone.opus", Route::file(tone("handover440.opus", 440, 30, &["-c:a", "libopus", "-b:a", "96k", "-frame_duration", "20", "-f", "ogg"]), "audio/ogg"));
-    let _ = node;
     for &g in guilds {
         let voice_state = json!({"token": format!("t{g}"), "endpoint": voice.endpoint(), "sessionId": format!("s{g}"), "channelId": caldera_tests::rig::CHANNEL});
         let (status, body) = session.patch(g, json!({"voice": voice_state, "track": {"identifier": media.url("/tone.opus"), "userData": {"guild": g}}}));
@@ -251,7 +223,7 @@ fn a_gateway_killed_outright_leaves_its_workers_playing_for_the_next_one() {
     let session = Session::connect(&node);
     session.configure(json!({"resuming": true, "timeout": 30}));
     let guilds = [9501, 9502, 9503, 9504];
-    let conns = play_through(&node, &session, &voice, &guilds);
+    let conns = play_through(&session, &voice, &guilds);
     let workers = node_worker_pids(&node);
     assert_eq!(workers.len(), 2);
     // The state for the next gateway is kept every second.
@@ -285,12 +257,7 @@ fn a_gateway_killed_outright_leaves_its_workers_playing_for_the_next_one() {
     println!("worst gap while the gateway was dead and replaced: {worst:?}");
     assert!(worst <= Duration::from_millis(200), "audio gapped {worst:?}");
     // The adopted workers take commands.
-    let (status, _) = resumed.patch(guilds[0], json!({"paused": true}));
-    assert_eq!(status, 200);
-    std::thread::sleep(Duration::from_millis(400));
-    let paused_at = conns[0].packets();
-    std::thread::sleep(Duration::from_millis(600));
-    assert!(conns[0].packets() <= paused_at + 5, "still playing after the pause");
+    pauses(&resumed, guilds[0], &conns[0]);
     // A clean stop takes the workers with it.
     next.signal(Signal::SIGTERM);
     caldera_tests::eventually(Duration::from_secs(10), "the workers to stop with the gateway", || workers.iter().all(|p| !alive(*p as u32)).then_some(()));
@@ -302,7 +269,7 @@ fn workers_left_without_a_gateway_stop_after_their_wait() {
     let voice = caldera_tests::voice::VoiceServer::start();
     let mut node = outliving_node(runtime.path(), &voice, 2_000);
     let session = Session::connect(&node);
-    let conns = play_through(&node, &session, &voice, &[9601]);
+    let conns = play_through(&session, &voice, &[9601]);
     let workers = node_worker_pids(&node);
     node.signal(Signal::SIGKILL);
     node.wait_exit(Duration::from_secs(5)).expect("the gateway died");

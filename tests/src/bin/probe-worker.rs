@@ -75,8 +75,10 @@ fn probe(report: &Report) {
         ("Seccomp", field("Seccomp:")),
         ("pid", std::process::id().to_string()),
     ];
+    // One write per line: two workers probing at once share the gateway's stderr, and a line
+    // written in pieces interleaves with the other's.
     for (key, value) in lines {
-        eprintln!("PROBE {key}={value}");
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("PROBE {key}={value}\n").as_bytes());
     }
 }
 
