@@ -83,6 +83,9 @@ struct WorkerRecord {
     token: String,
     /// Its crash-evidence pipe's place among the descriptors sent.
     evidence: Option<usize>,
+    /// The build it runs.
+    #[serde(default)]
+    build_id: String,
 }
 
 /// Descriptors sent before the workers' pipes.
@@ -119,7 +122,7 @@ pub async fn hand_over(node: &Arc<Node>, tcp: &OwnedFd, close_clients: impl Futu
                 fds.push(fd);
                 fds.len() - 1
             });
-            WorkerRecord { id, pid: adopted.pid, token: adopted.token, evidence }
+            WorkerRecord { id, pid: adopted.pid, token: adopted.token, evidence, build_id: adopted.build_id }
         })
         .collect();
     let snapshot = Snapshot {
@@ -249,7 +252,7 @@ impl Inheritance {
         let mut workers = Vec::with_capacity(snapshot.workers.len());
         for w in snapshot.workers {
             let evidence = w.evidence.map(&mut take).transpose()?;
-            workers.push(HandedWorker { id: w.id, adopted: Adopted { pid: w.pid, token: w.token, evidence } });
+            workers.push(HandedWorker { id: w.id, adopted: Adopted { pid: w.pid, token: w.token, evidence, build_id: w.build_id } });
         }
         info!(from = snapshot.from_pid, workers = workers.len(), sessions = snapshot.sessions.sessions.len(), players = snapshot.players.players.len(), "taking over from the previous gateway");
         Ok(Some(Self {
@@ -311,7 +314,12 @@ pub async fn persist(node: Arc<Node>) {
         let snapshot = Snapshot {
             from_pid: std::process::id(),
             runtime_dir: dir.to_path_buf(),
-            workers: node.supervisor.adoptable().into_iter().map(|w| WorkerRecord { id: w.id, pid: w.adopted.pid, token: w.adopted.token, evidence: None }).collect(),
+            workers: node
+                .supervisor
+                .adoptable()
+                .into_iter()
+                .map(|w| WorkerRecord { id: w.id, pid: w.adopted.pid, token: w.adopted.token, evidence: None, build_id: w.adopted.build_id })
+                .collect(),
             sessions: node.sessions.record(),
             players: node.players.record(),
         };
@@ -350,7 +358,7 @@ pub fn recover(base: &std::path::Path) -> Option<Inheritance> {
         .workers
         .into_iter()
         .filter(|w| is_worker(w.pid))
-        .map(|w| HandedWorker { id: w.id, adopted: Adopted { pid: w.pid, token: w.token, evidence: None } })
+        .map(|w| HandedWorker { id: w.id, adopted: Adopted { pid: w.pid, token: w.token, evidence: None, build_id: w.build_id } })
         .collect();
     if workers.is_empty() {
         return None;

@@ -124,6 +124,7 @@ impl Node {
                 }
             }
         });
+        node.spawn("retire", retire_emptied(node.players.clone(), node.supervisor.clone()));
         // Not cancelled with `stop`: a second signal while stopping must still be heard.
         let signals = node.clone();
         node.tasks.spawn(async move { listen_for_signals(&signals).await }.instrument(info_span!("task", name = "signals")));
@@ -249,6 +250,23 @@ async fn relay(players: Arc<Players>, mut events: mpsc::Receiver<WorkerEvent>) {
             WorkerEvent::Barrier(done) => {
                 let _ = done.send(());
             }
+        }
+    }
+}
+
+/// Workers of a previous build (adopted at an upgrade) take no new players and stop once their
+/// last one is gone.
+async fn retire_emptied(players: Arc<Players>, supervisor: Arc<Supervisor>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let retiring: Vec<u32> = supervisor.workers().iter().filter(|w| w.retiring() && w.state == WorkerState::Ready).map(|w| w.worker_id).collect();
+        if retiring.is_empty() {
+            continue;
+        }
+        let figures = players.worker_figures();
+        for id in retiring.into_iter().filter(|id| figures.get(id).is_none_or(|f| f.players == 0)) {
+            supervisor.retire(id);
         }
     }
 }

@@ -107,11 +107,13 @@ pub struct NodeOptions {
     pub env: Vec<(String, String)>,
     /// Wait for "listening on"; off for nodes expected not to get that far.
     pub wait_listening: bool,
+    /// The gateway binary; the one just built by default.
+    pub binary: Option<PathBuf>,
 }
 
 impl Default for NodeOptions {
     fn default() -> Self {
-        Self { yaml: String::new(), workers: 2, env: Vec::new(), wait_listening: true }
+        Self { yaml: String::new(), workers: 2, env: Vec::new(), wait_listening: true, binary: None }
     }
 }
 
@@ -140,7 +142,7 @@ impl Node {
             yaml = format!("server:\n  port: 0\n  address: 127.0.0.1\n{yaml}");
         }
         std::fs::write(&config, yaml).expect("write config");
-        let mut cmd = Command::new(bin("caldera"));
+        let mut cmd = Command::new(opts.binary.clone().unwrap_or_else(|| bin("caldera")));
         // A resolver (a Python process) only for the tests that configure one.
         if !opts.yaml.contains("resolver:") && !opts.env.iter().any(|(k, _)| k.starts_with("CALDERA_RESOLVER")) {
             cmd.env("CALDERA_RESOLVER_ENABLED", "false");

@@ -281,3 +281,96 @@ fn workers_left_without_a_gateway_stop_after_their_wait() {
     assert!(gone >= Duration::from_millis(1500), "stopped before their wait: {gone:?}");
     assert!(conns[0].wait_closed(Duration::from_secs(5)).is_some() || !conns[0].ws_open());
 }
+
+/// A copy of the binary `name` just built that says it is of another build: the commit in its
+/// build id (`0.1.0+<commit>`) rewritten in place, same length. Gateway and worker copies made
+/// alike say hello to each other as one build, and to the real binaries as a previous one.
+fn previous_build(name: &str, dir: &std::path::Path) -> std::path::PathBuf {
+    let ours = caldera_protocol::build::BUILD_ID;
+    let theirs: String = ours.char_indices().map(|(i, c)| if i > ours.find('+').unwrap() { if c == 'e' { 'd' } else { 'e' } } else { c }).collect();
+    let bytes = std::fs::read(caldera_tests::bin(name)).unwrap();
+    let (from, to) = (ours.as_bytes(), theirs.as_bytes());
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    let mut replaced = 0;
+    while i < bytes.len() {
+        if bytes[i..].starts_with(from) {
+            out.extend_from_slice(to);
+            i += from.len();
+            replaced += 1;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    assert!(replaced > 0, "{name} does not carry its build id {ours}");
+    let path = dir.join(name);
+    std::fs::write(&path, out).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    path
+}
+
+/// Installs the binary `name` just built at `path`, as an upgrade does: a new file renamed over
+/// the old one (the running process keeps its own).
+fn install(name: &str, path: &std::path::Path) {
+    let temp = path.with_extension("new");
+    std::fs::copy(caldera_tests::bin(name), &temp).unwrap();
+    std::fs::rename(&temp, path).unwrap();
+}
+
+#[test]
+fn a_new_build_adopts_the_previous_builds_workers_and_retires_them_as_they_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gateway, worker) = (previous_build("caldera", dir.path()), previous_build("caldera-worker", dir.path()));
+    let voice = caldera_tests::voice::VoiceServer::start();
+    let mut node = caldera_tests::Node::start_with(caldera_tests::NodeOptions {
+        workers: 1,
+        binary: Some(gateway.clone()),
+        env: vec![("SSL_CERT_FILE".into(), voice.ca_file().display().to_string())],
+        yaml: format!("caldera:\n  workers: 1\n  workerBinary: {}\n", worker.display()),
+        ..Default::default()
+    });
+    let session = Session::connect(&node);
+    session.configure(json!({"resuming": true, "timeout": 30}));
+    let old_players = [9701, 9702];
+    let conns = play_through(&session, &voice, &old_players);
+    let old = node_worker_pids(&node);
+    assert_eq!(old.len(), 1);
+
+    // The upgrade: the new build installed over the old one, then a reload.
+    install("caldera", &gateway);
+    install("caldera-worker", &worker);
+    node.signal(Signal::SIGUSR2);
+    let line = node.logs.wait_for("handed over to the new gateway", Duration::from_secs(30)).expect("no handover");
+    let successor = Successor(line.split("pid=").nth(1).and_then(|p| p.split_whitespace().next()).and_then(|p| p.parse().ok()).expect("pid"));
+    assert!(node.wait_exit(Duration::from_secs(10)).expect("the old gateway exits").success());
+    let workers = |node: &caldera_tests::Node| -> Vec<Value> { node.get("/v4/caldera/workers").json::<Value>().unwrap()["workers"].as_array().unwrap().clone() };
+    // The old build's worker plays on, retiring; a worker of the new build joins for new players.
+    let listed = caldera_tests::eventually(Duration::from_secs(10), "a worker of the new build beside the old one", || {
+        let w = workers(&node);
+        (w.iter().filter(|w| w["state"] == "ready").count() == 2).then_some(w)
+    });
+    let retiring: Vec<&Value> = listed.iter().filter(|w| w["retiring"] == true).collect();
+    assert_eq!(retiring.len(), 1, "{listed:?}");
+    assert_eq!(retiring[0]["pid"].as_u64(), Some(old[0]), "the old worker was adopted, not restarted");
+    assert_ne!(retiring[0]["build"], caldera_protocol::build::BUILD_ID);
+    let resumed = Session::connect_with(&node, &[("Session-Id", Some(&session.id))]).expect("resume");
+    let fresh = play_through(&resumed, &voice, &[9703]);
+    let by_build = |w: &[Value], retiring: bool| w.iter().find(|w| w["retiring"] == retiring).map(|w| w["players"].as_u64().unwrap());
+    let now = workers(&node);
+    assert_eq!((by_build(&now, true), by_build(&now, false)), (Some(2), Some(1)), "new players go to the new build: {now:?}");
+
+    // Its last player gone, the old worker stops and its slot ends; audio never stopped.
+    for g in old_players {
+        let gap = conns[(g - 9701) as usize].audio().range(25..conns[(g - 9701) as usize].packets()).max_gap();
+        assert!(gap < Duration::from_millis(200), "guild {g} gapped {gap:?} across the upgrade");
+        assert_eq!(resumed.delete_player(g), 204);
+    }
+    let after = caldera_tests::eventually(Duration::from_secs(10), "the old build's worker to retire", || {
+        let w = workers(&node);
+        (!alive(old[0] as u32) && w.iter().filter(|w| w["state"] == "ready").count() == 1).then_some(w)
+    });
+    assert!(after.iter().all(|w| w["retiring"] == false || w["state"] == "stopped"), "{after:?}");
+    assert!(fresh[0].wait_packets(fresh[0].packets() + 25, Duration::from_secs(5)), "the new build's player plays on");
+    drop(successor);
+}

@@ -113,6 +113,9 @@ struct Worker {
     last_ping_rtt_ms: Option<f64>,
     missed_pings: u64,
     last_exit: Option<String>,
+    /// The build its process runs; one of a previous build retires once empty.
+    build: Option<String>,
+    retiring: bool,
 }
 
 pub async fn workers(State(state): State<AppState>) -> Json<Workers> {
@@ -136,6 +139,8 @@ pub async fn workers(State(state): State<AppState>) -> Json<Workers> {
                 restarts: w.restarts,
                 last_ping_rtt_ms: w.last_ping_rtt.map(|d| d.as_secs_f64() * 1000.0),
                 missed_pings: w.missed_pings,
+                retiring: w.retiring(),
+                build: w.build_id,
                 last_exit: w.last_exit,
             }
         })

@@ -4,10 +4,11 @@ use super::{Players, Registry};
 use std::collections::HashMap;
 
 impl Players {
-    /// Players per ready worker (`except` left out).
+    /// Players per worker that takes new ones (`except` left out; see
+    /// [`crate::supervisor::Supervisor::placeable_workers`]).
     pub(super) fn worker_load(&self, reg: &Registry, except: Option<u32>) -> HashMap<u32, usize> {
         let mut load: HashMap<u32, usize> =
-            self.supervisor.ready_workers().into_iter().filter(|w| Some(*w) != except).map(|w| (w, 0)).collect();
+            self.supervisor.placeable_workers().into_iter().filter(|w| Some(*w) != except).map(|w| (w, 0)).collect();
         for p in reg.players().filter(|p| !p.stranded) {
             if let Some(n) = load.get_mut(&p.worker) {
                 *n += 1;

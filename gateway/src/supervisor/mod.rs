@@ -197,6 +197,8 @@ pub(crate) struct Shared {
     /// Each connected worker's pid and the token it would say hello with to the next gateway,
     /// should this one die without handing over.
     tokens: Mutex<HashMap<u32, (u32, String)>>,
+    /// Slots whose worker (of a previous build) was retired: they end with it.
+    retired: Mutex<std::collections::HashSet<u32>>,
 }
 
 /// A worker whose slot ended with its handover: its pid and crash-evidence pipe.
@@ -239,6 +241,14 @@ pub enum WorkerEvent {
 }
 
 impl Shared {
+    pub fn is_retired(&self, id: u32) -> bool {
+        self.retired.lock().unwrap_or_else(|e| e.into_inner()).contains(&id)
+    }
+
+    fn build_of(&self, id: u32) -> String {
+        self.status.lock().unwrap_or_else(|e| e.into_inner()).get(id as usize).and_then(|s| s.build_id.clone()).unwrap_or_default()
+    }
+
     pub fn is_handing_over(&self) -> bool {
         self.handing_over.load(Ordering::Acquire)
     }
@@ -405,8 +415,10 @@ impl Supervisor {
             ),
             _ => None,
         };
-        // Slots for every worker handed over, even past a smaller `workers` read anew.
-        let n = config.workers.max(adopted.keys().map(|id| *id as usize + 1).max().unwrap_or(0));
+        // Slots for every worker handed over, even past a smaller `workers` read anew, and one
+        // more for each of another build: it retires once empty, and its slot with it.
+        let older = adopted.values().filter(|a| a.build_id != caldera_protocol::build::BUILD_ID).count();
+        let n = config.workers.max(adopted.keys().map(|id| *id as usize + 1).max().unwrap_or(0)) + older;
         let shared = Arc::new(Shared {
             config,
             spawner,
@@ -422,6 +434,7 @@ impl Supervisor {
             handing_over: AtomicBool::new(false),
             handed: Mutex::new(Vec::new()),
             tokens: Mutex::new(HashMap::new()),
+            retired: Mutex::new(std::collections::HashSet::new()),
         });
         // Handed-over workers reconnect at once: their tokens are known before the first accept.
         let mut adopting: HashMap<u32, (Adopted, slot::ConnRx)> = adopted
@@ -489,7 +502,8 @@ impl Supervisor {
             .into_iter()
             .filter_map(|h| {
                 let token = tokens.remove(&h.id)?;
-                Some(HandedWorker { id: h.id, adopted: Adopted { pid: h.pid, token, evidence: h.evidence } })
+                let build_id = self.shared.build_of(h.id);
+                Some(HandedWorker { id: h.id, adopted: Adopted { pid: h.pid, token, evidence: h.evidence, build_id } })
             })
             .collect()
     }
@@ -500,7 +514,10 @@ impl Supervisor {
         let tokens = self.shared.tokens.lock().unwrap_or_else(|e| e.into_inner());
         let mut workers: Vec<HandedWorker> = tokens
             .iter()
-            .map(|(id, (pid, token))| HandedWorker { id: *id, adopted: Adopted { pid: *pid, token: token.clone(), evidence: None } })
+            .map(|(id, (pid, token))| HandedWorker {
+                id: *id,
+                adopted: Adopted { pid: *pid, token: token.clone(), evidence: None, build_id: self.shared.build_of(*id) },
+            })
             .collect();
         workers.sort_by_key(|w| w.id);
         workers
@@ -604,6 +621,23 @@ impl Supervisor {
     /// The route planner, when `lavalink.server.ratelimit` configures one.
     pub fn route_planner(&self) -> Option<&Arc<RoutePlanner>> {
         self.shared.config.route_planner.as_ref()
+    }
+
+    /// Where new players go: ready workers of this build, or, while there is none, any ready
+    /// one.
+    pub fn placeable_workers(&self) -> Vec<u32> {
+        let ready = self.ready_workers();
+        let status = self.workers();
+        let current: Vec<u32> = ready.iter().copied().filter(|id| status.get(*id as usize).is_some_and(|s| !s.retiring())).collect();
+        if current.is_empty() { ready } else { current }
+    }
+
+    /// Stops a worker of a previous build that has no player left; its slot ends with it.
+    pub fn retire(&self, id: u32) {
+        if self.shared.retired.lock().unwrap_or_else(|e| e.into_inner()).insert(id) {
+            info!(worker = id, "retiring a worker of the previous build: its last player is gone");
+            let _ = self.shared.send(id, &ToWorker::Shutdown { reason: "retired: the gateway runs a newer build".into() });
+        }
     }
 
     /// Ready workers (connected and accepting messages).

@@ -60,6 +60,16 @@ pub struct WorkerStatus {
     pub last_exit: Option<String>,
     /// IPC traffic of the current worker process (reset with each spawn).
     pub ipc: Arc<IpcCounters>,
+    /// The build the current worker said hello from (another one's: adopted at an upgrade).
+    pub build_id: Option<String>,
+}
+
+impl WorkerStatus {
+    /// A worker of another build, adopted at an upgrade: it takes no new players, and stops
+    /// once its last one is gone.
+    pub fn retiring(&self) -> bool {
+        self.build_id.as_deref().is_some_and(|b| b != build::BUILD_ID)
+    }
 }
 
 /// IPC traffic counters of one worker connection.
@@ -84,6 +94,7 @@ impl WorkerStatus {
             resources: None,
             last_exit: None,
             ipc: Arc::default(),
+            build_id: None,
         }
     }
 }
@@ -135,6 +146,8 @@ pub struct Adopted {
     pub pid: u32,
     pub token: String,
     pub evidence: Option<std::os::fd::OwnedFd>,
+    /// The build it said hello from.
+    pub build_id: String,
 }
 
 /// `adopted`: the worker the previous gateway handed over for this slot, and where its
@@ -148,6 +161,11 @@ pub async fn run(shared: Arc<Shared>, id: u32, cancel: CancellationToken, mut ad
         };
         match outcome {
             Outcome::Shutdown | Outcome::HandedOver => break,
+            // A worker of the previous build, retired once empty: the slot ends with it.
+            Outcome::Ended { .. } if shared.is_retired(id) => {
+                info!("retired worker stopped; its slot ends");
+                break;
+            }
             Outcome::Ended { healthy } => {
                 if healthy {
                     backoff.reset();
@@ -232,7 +250,7 @@ async fn run_once(shared: &Arc<Shared>, id: u32, cancel: &CancellationToken) -> 
 /// gave it; its exit is watched through a pidfd (it is not our child). One that does not come
 /// is killed, and its players are restored like those of any worker that went away.
 async fn adopt(shared: &Arc<Shared>, id: u32, (adopted, conn_rx): (Adopted, ConnRx), cancel: &CancellationToken) -> Outcome {
-    let Adopted { pid, token, evidence } = adopted;
+    let Adopted { pid, token, evidence, .. } = adopted;
     shared.update(id, |s| s.state = WorkerState::Starting);
     let evidence = evidence.map(Evidence::from_fd);
     let connected = match spawn::watch(pid) {
@@ -349,6 +367,7 @@ async fn serve(
         s.ready_since = Some(started);
         s.missed_pings = 0;
         s.ipc = ipc.clone();
+        s.build_id = Some(hello.build_id.clone());
     });
     let _ = shared.player_events.send(WorkerEvent::Ready { worker: id }).await;
 
