@@ -146,7 +146,13 @@ fn under_systemd_the_new_gateway_becomes_the_main_process_and_pings_the_watchdog
     let guild = 9401;
     let conn = play_through(&session, &voice, &[guild]).remove(0);
 
-    // What `systemctl reload` does (ExecReload=/bin/kill -USR2 $MAINPID).
+    let sources = |node: &caldera_tests::Node| node.get("/v4/info").json::<Value>().unwrap()["sourceManagers"].clone();
+    assert!(sources(&node).as_array().unwrap().contains(&json!("http")));
+    // The configuration changes, then `systemctl reload` (ExecReload=/bin/kill -USR2 $MAINPID):
+    // the new gateway reads it again.
+    let config = node.dir.path().join("application.yml");
+    let yaml = std::fs::read_to_string(&config).unwrap() + "lavalink:\n  server:\n    sources:\n      http: false\n";
+    std::fs::write(&config, yaml).unwrap();
     node.signal(Signal::SIGUSR2);
     let mainpid = caldera_tests::eventually(Duration::from_secs(30), "MAINPID=", || recv().filter(|m| m.contains("MAINPID=")));
     let pid: u32 = mainpid.split("MAINPID=").nth(1).and_then(|p| p.lines().next()).and_then(|p| p.trim().parse().ok()).expect("a pid");
@@ -162,6 +168,7 @@ fn under_systemd_the_new_gateway_becomes_the_main_process_and_pings_the_watchdog
         }
     }
     assert!(pings >= 3, "{pings} watchdog pings in 1 s from the new gateway");
+    assert!(!sources(&node).as_array().unwrap().contains(&json!("http")), "the configuration was read again: {}", sources(&node));
     assert!(conn.wait_packets(conn.packets() + 25, Duration::from_secs(5)));
     let audio = conn.audio();
     let steady = audio.range(25..audio.packets());
@@ -169,14 +176,17 @@ fn under_systemd_the_new_gateway_becomes_the_main_process_and_pings_the_watchdog
     assert_eq!(voice.connections(guild).len(), 1);
 }
 
-/// A node whose workers outlive it for `wait_ms`, in the runtime directory `runtime`.
-fn outliving_node(runtime: &std::path::Path, voice: &caldera_tests::voice::VoiceServer, wait_ms: u64) -> caldera_tests::Node {
+/// A node whose workers outlive it for `wait_ms`, in the runtime directory `runtime` (as under
+/// systemd, which also gives it a notify socket: `notify`).
+fn outliving_node(runtime: &std::path::Path, voice: &caldera_tests::voice::VoiceServer, wait_ms: u64, notify: Option<&std::path::Path>) -> caldera_tests::Node {
+    let mut env = vec![
+        ("RUNTIME_DIRECTORY".into(), runtime.display().to_string()),
+        ("SSL_CERT_FILE".into(), voice.ca_file().display().to_string()),
+    ];
+    env.extend(notify.map(|n| ("NOTIFY_SOCKET".to_string(), n.display().to_string())));
     caldera_tests::Node::start_with(caldera_tests::NodeOptions {
         workers: 2,
-        env: vec![
-            ("RUNTIME_DIRECTORY".into(), runtime.display().to_string()),
-            ("SSL_CERT_FILE".into(), voice.ca_file().display().to_string()),
-        ],
+        env,
         yaml: format!("lavalink:\n  server:\n    playerUpdateInterval: 1\ncaldera:\n  workers: 2\n  worker:\n    orphanWaitMs: {wait_ms}\n"),
         ..Default::default()
     })
@@ -219,7 +229,17 @@ fn play_through(session: &Session, voice: &caldera_tests::voice::VoiceServer, gu
 fn a_gateway_killed_outright_leaves_its_workers_playing_for_the_next_one() {
     let runtime = tempfile::tempdir().unwrap();
     let voice = caldera_tests::voice::VoiceServer::start();
-    let mut node = outliving_node(runtime.path(), &voice, 20_000);
+    // As systemd runs it: Restart=on-failure starts the next gateway in the same runtime
+    // directory, which says READY=1 once it serves.
+    let notify_path = runtime.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let ready = || {
+        let mut buf = [0u8; 1024];
+        caldera_tests::eventually(Duration::from_secs(30), "READY=1", || notify.recv(&mut buf).ok().filter(|n| buf[..*n].windows(7).any(|w| w == b"READY=1")));
+    };
+    let mut node = outliving_node(runtime.path(), &voice, 20_000, Some(&notify_path));
+    ready();
     let session = Session::connect(&node);
     session.configure(json!({"resuming": true, "timeout": 30}));
     let guilds = [9501, 9502, 9503, 9504];
@@ -237,8 +257,9 @@ fn a_gateway_killed_outright_leaves_its_workers_playing_for_the_next_one() {
     }
     assert!(workers.iter().all(|p| alive(*p as u32)));
 
-    let next = outliving_node(runtime.path(), &voice, 20_000);
+    let next = outliving_node(runtime.path(), &voice, 20_000, Some(&notify_path));
     assert!(next.logs.wait_for("taking over the workers of a gateway that died", Duration::from_secs(5)).is_some());
+    ready();
     caldera_tests::eventually(Duration::from_secs(5), "the next gateway to adopt the same workers", || (node_worker_pids(&next) == workers).then_some(()));
     let resumed = Session::connect_with(&next, &[("Session-Id", Some(&session.id))]).expect("resume at the next gateway");
     assert_eq!(resumed.ready["resumed"], true);
@@ -267,7 +288,7 @@ fn a_gateway_killed_outright_leaves_its_workers_playing_for_the_next_one() {
 fn workers_left_without_a_gateway_stop_after_their_wait() {
     let runtime = tempfile::tempdir().unwrap();
     let voice = caldera_tests::voice::VoiceServer::start();
-    let mut node = outliving_node(runtime.path(), &voice, 2_000);
+    let mut node = outliving_node(runtime.path(), &voice, 2_000, None);
     let session = Session::connect(&node);
     let conns = play_through(&session, &voice, &[9601]);
     let workers = node_worker_pids(&node);
@@ -286,10 +307,15 @@ fn workers_left_without_a_gateway_stop_after_their_wait() {
 /// build id (`0.1.0+<commit>`) rewritten in place, same length. Gateway and worker copies made
 /// alike say hello to each other as one build, and to the real binaries as a previous one.
 fn previous_build(name: &str, dir: &std::path::Path) -> std::path::PathBuf {
-    let ours = caldera_protocol::build::BUILD_ID;
-    let theirs: String = ours.char_indices().map(|(i, c)| if i > ours.find('+').unwrap() { if c == 'e' { 'd' } else { 'e' } } else { c }).collect();
     let bytes = std::fs::read(caldera_tests::bin(name)).unwrap();
-    let (from, to) = (ours.as_bytes(), theirs.as_bytes());
+    // The binary's own build id: the version, `+`, and a commit as long as ours (it may have
+    // been built at another commit than this test).
+    let ours = caldera_protocol::build::BUILD_ID;
+    let prefix = &ours.as_bytes()[..=ours.find('+').unwrap()];
+    let at = bytes.windows(prefix.len()).position(|w| w == prefix).unwrap_or_else(|| panic!("{name} carries no build id"));
+    let from = bytes[at..at + ours.len()].to_vec();
+    let to: Vec<u8> = from.iter().enumerate().map(|(i, c)| if i < prefix.len() { *c } else if *c == b'e' { b'd' } else { b'e' }).collect();
+    let (from, to) = (from.as_slice(), to.as_slice());
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     let mut replaced = 0;
@@ -303,7 +329,7 @@ fn previous_build(name: &str, dir: &std::path::Path) -> std::path::PathBuf {
             i += 1;
         }
     }
-    assert!(replaced > 0, "{name} does not carry its build id {ours}");
+    assert!(replaced > 0);
     let path = dir.join(name);
     std::fs::write(&path, out).unwrap();
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
