@@ -74,6 +74,9 @@ struct Snapshot {
     workers: Vec<WorkerRecord>,
     sessions: SessionsRecord,
     players: PlayersRecord,
+    /// The route planner's failing addresses and when they were marked.
+    #[serde(default)]
+    failing: Vec<(std::net::IpAddr, u64)>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -131,6 +134,7 @@ pub async fn hand_over(node: &Arc<Node>, tcp: &OwnedFd, close_clients: impl Futu
         workers,
         sessions: node.sessions.record(),
         players: node.players.record(),
+        failing: failing_marks(node),
     };
     info!(workers = snapshot.workers.len(), sessions = snapshot.sessions.sessions.len(), players = snapshot.players.players.len(), "sending the snapshot");
     tokio::task::spawn_blocking(move || successor.finish(&snapshot, &fds))
@@ -207,11 +211,17 @@ impl Successor {
     }
 }
 
+fn failing_marks(node: &Node) -> Vec<(std::net::IpAddr, u64)> {
+    node.supervisor.route_planner().map(|p| p.failing_marks()).unwrap_or_default()
+}
+
 /// What the new gateway takes over.
 pub struct Inheritance {
     pub adoption: Adoption,
     pub sessions: SessionsRecord,
     pub players: PlayersRecord,
+    /// The route planner's failing marks.
+    pub failing: Vec<(std::net::IpAddr, u64)>,
     /// The gateway that handed over; none when taking over from one that died.
     pub predecessor: Option<Predecessor>,
 }
@@ -259,6 +269,7 @@ impl Inheritance {
             adoption: Adoption { runtime_dir: snapshot.runtime_dir, listener: ipc, workers },
             sessions: snapshot.sessions,
             players: snapshot.players,
+            failing: snapshot.failing,
             predecessor: Some(Predecessor { pid: snapshot.from_pid, listener, channel }),
         }))
     }
@@ -322,6 +333,7 @@ pub async fn persist(node: Arc<Node>) {
                 .collect(),
             sessions: node.sessions.record(),
             players: node.players.record(),
+            failing: failing_marks(&node),
         };
         let Ok(json) = serde_json::to_vec(&snapshot) else { continue };
         if json == last {
@@ -380,7 +392,7 @@ pub fn recover(base: &std::path::Path) -> Option<Inheritance> {
         }
     }
     info!(from = snapshot.from_pid, dir = %dir.display(), workers = workers.len(), sessions = sessions.sessions.len(), players = snapshot.players.players.len(), "taking over the workers of a gateway that died");
-    Some(Inheritance { adoption: Adoption { runtime_dir: dir, listener, workers }, sessions, players: snapshot.players, predecessor: None })
+    Some(Inheritance { adoption: Adoption { runtime_dir: dir, listener, workers }, sessions, players: snapshot.players, failing: snapshot.failing, predecessor: None })
 }
 
 /// Whether `pid` is a live worker process of ours.

@@ -57,11 +57,14 @@ pub async fn run(settings: Settings) -> Result<(), GatewayError> {
         i => i,
     };
     let (node, predecessor) = match inherited {
-        Some(handover::Inheritance { adoption, sessions, players, predecessor }) => {
+        Some(handover::Inheritance { adoption, sessions, players, failing, predecessor }) => {
             let adopted: Vec<u32> = adoption.workers.iter().map(|w| w.id).collect();
             let node = Node::start(settings, Some(adoption))?;
             node.sessions.restore(sessions);
             node.players.restore(players, &adopted);
+            if let Some(planner) = node.supervisor.route_planner() {
+                planner.restore_failing(failing);
+            }
             (node, predecessor)
         }
         None => (Node::start(settings, None)?, None),

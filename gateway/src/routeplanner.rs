@@ -360,6 +360,21 @@ impl RoutePlanner {
         self.state().failing.by_addr.keys().copied().collect()
     }
 
+    /// The failing marks (address, unix ms when marked), for the next gateway.
+    pub fn failing_marks(&self) -> Vec<(IpAddr, u64)> {
+        self.state().failing.by_addr.iter().map(|(a, ms)| (*a, *ms)).collect()
+    }
+
+    /// Takes the marks the previous gateway handed over: addresses of our blocks only, each
+    /// expiring when it would have there.
+    pub fn restore_failing(&self, marks: Vec<(IpAddr, u64)>) {
+        let mut st = self.state();
+        for (addr, ms) in marks.into_iter().filter(|(a, _)| self.blocks.index_of(a).is_some()) {
+            st.failing.insert(addr, ms);
+        }
+        st.failing.shed(unix_ms(), MAX_FAILING);
+    }
+
     /// `GET /v4/routeplanner/status`, in Lavalink's shapes: sizes and indexes as strings,
     /// addresses as Java prints them (`/1.2.3.4`).
     pub fn status(&self) -> RoutePlannerStatus {
@@ -448,6 +463,19 @@ mod tests {
 
     fn planner(strategy: Strategy, blocks: &[&str], excluded: &[&str]) -> RoutePlanner {
         RoutePlanner::new(&settings(strategy, blocks, excluded))
+    }
+
+    #[test]
+    fn failing_marks_go_to_the_next_gateway_with_their_time() {
+        let old = planner(Strategy::LoadBalance, &["10.0.0.0/30"], &[]);
+        let addr: IpAddr = "10.0.0.1".parse().unwrap();
+        old.mark_failing(addr, false);
+        let mut marks = old.failing_marks();
+        marks.push(("192.0.2.1".parse().unwrap(), unix_ms()));
+        let new = planner(Strategy::LoadBalance, &["10.0.0.0/30"], &[]);
+        new.restore_failing(marks);
+        assert_eq!(new.failing(), vec![addr], "foreign addresses are not taken");
+        assert_eq!(new.failing_marks(), old.failing_marks(), "marked when the old gateway marked it");
     }
 
     impl RoutePlanner {
