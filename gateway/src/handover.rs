@@ -77,6 +77,9 @@ struct Snapshot {
     /// The route planner's failing addresses and when they were marked.
     #[serde(default)]
     failing: Vec<(std::net::IpAddr, u64)>,
+    /// The node's uptime at the handover (0 in the state file: a crash restarts the node).
+    #[serde(default)]
+    uptime_ms: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -135,6 +138,7 @@ pub async fn hand_over(node: &Arc<Node>, tcp: &OwnedFd, close_clients: impl Futu
         sessions: node.sessions.record(),
         players: node.players.record(),
         failing: failing_marks(node),
+        uptime_ms: node.stats.uptime_ms(),
     };
     info!(workers = snapshot.workers.len(), sessions = snapshot.sessions.sessions.len(), players = snapshot.players.players.len(), "sending the snapshot");
     tokio::task::spawn_blocking(move || successor.finish(&snapshot, &fds))
@@ -222,6 +226,8 @@ pub struct Inheritance {
     pub players: PlayersRecord,
     /// The route planner's failing marks.
     pub failing: Vec<(std::net::IpAddr, u64)>,
+    /// The node's uptime so far.
+    pub uptime_ms: u64,
     /// The gateway that handed over; none when taking over from one that died.
     pub predecessor: Option<Predecessor>,
 }
@@ -270,6 +276,7 @@ impl Inheritance {
             sessions: snapshot.sessions,
             players: snapshot.players,
             failing: snapshot.failing,
+            uptime_ms: snapshot.uptime_ms,
             predecessor: Some(Predecessor { pid: snapshot.from_pid, listener, channel }),
         }))
     }
@@ -334,6 +341,7 @@ pub async fn persist(node: Arc<Node>) {
             sessions: node.sessions.record(),
             players: node.players.record(),
             failing: failing_marks(&node),
+            uptime_ms: 0,
         };
         let Ok(json) = serde_json::to_vec(&snapshot) else { continue };
         if json == last {
@@ -392,7 +400,7 @@ pub fn recover(base: &std::path::Path) -> Option<Inheritance> {
         }
     }
     info!(from = snapshot.from_pid, dir = %dir.display(), workers = workers.len(), sessions = sessions.sessions.len(), players = snapshot.players.players.len(), "taking over the workers of a gateway that died");
-    Some(Inheritance { adoption: Adoption { runtime_dir: dir, listener, workers }, sessions, players: snapshot.players, failing: snapshot.failing, predecessor: None })
+    Some(Inheritance { adoption: Adoption { runtime_dir: dir, listener, workers }, sessions, players: snapshot.players, failing: snapshot.failing, uptime_ms: 0, predecessor: None })
 }
 
 /// Whether `pid` is a live worker process of ours.

@@ -57,7 +57,7 @@ pub async fn run(settings: Settings) -> Result<(), GatewayError> {
         i => i,
     };
     let (node, predecessor) = match inherited {
-        Some(handover::Inheritance { adoption, sessions, players, failing, predecessor }) => {
+        Some(handover::Inheritance { adoption, sessions, players, failing, uptime_ms, predecessor }) => {
             let adopted: Vec<u32> = adoption.workers.iter().map(|w| w.id).collect();
             let node = Node::start(settings, Some(adoption))?;
             node.sessions.restore(sessions);
@@ -65,6 +65,7 @@ pub async fn run(settings: Settings) -> Result<(), GatewayError> {
             if let Some(planner) = node.supervisor.route_planner() {
                 planner.restore_failing(failing);
             }
+            node.stats.carry_uptime(uptime_ms);
             (node, predecessor)
         }
         None => (Node::start(settings, None)?, None),

@@ -56,6 +56,8 @@ struct CpuSample {
 
 pub struct Stats {
     started: Instant,
+    /// Uptime of the gateways this one took over from (a handover), in milliseconds.
+    carried_ms: std::sync::atomic::AtomicU64,
     cores: usize,
     cpu: Mutex<CpuSample>,
 }
@@ -70,9 +72,20 @@ impl Stats {
     pub fn new() -> Self {
         Self {
             started: Instant::now(),
+            carried_ms: std::sync::atomic::AtomicU64::new(0),
             cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             cpu: Mutex::default(),
         }
+    }
+
+    /// Since the node started: a handover does not restart it.
+    pub fn uptime_ms(&self) -> u64 {
+        self.carried_ms.load(std::sync::atomic::Ordering::Relaxed).saturating_add(self.started.elapsed().as_millis() as u64)
+    }
+
+    /// Counts the uptime of the gateway this one took over from.
+    pub fn carry_uptime(&self, ms: u64) {
+        self.carried_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The node's figures now.
@@ -87,7 +100,7 @@ impl Stats {
         Snapshot {
             players,
             playing_players,
-            uptime_ms: self.started.elapsed().as_millis() as u64,
+            uptime_ms: self.uptime_ms(),
             memory_used: own.0 + worker_rss,
             memory_free,
             memory_total,

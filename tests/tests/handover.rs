@@ -44,6 +44,9 @@ fn sigusr2_hands_over_to_a_new_gateway_while_every_guild_plays() {
     assert_eq!(hosts.len(), 2, "the players are spread over both workers");
     let before = rig.session.get_player(guilds[0]).1["state"]["position"].as_u64().unwrap();
     let old = rig.node.pid();
+    std::thread::sleep(Duration::from_millis(1000));
+    let uptime = |node: &caldera_tests::Node| node.get("/v4/stats").json::<Value>().unwrap()["uptime"].as_u64().unwrap();
+    let uptime_before = uptime(&rig.node);
 
     let asked = Instant::now();
     rig.node.signal(Signal::SIGUSR2);
@@ -75,6 +78,8 @@ fn sigusr2_hands_over_to_a_new_gateway_while_every_guild_plays() {
     }
     let after = resumed.get_player(guilds[0]).1["state"]["position"].as_u64().unwrap();
     assert!(after > before, "position {before} → {after}");
+    let uptime_after = uptime(&rig.node);
+    assert!(uptime_after > uptime_before, "the node's uptime went on across the handover: {uptime_before} → {uptime_after}");
 
     // The same worker processes, never restarted, now the new gateway's.
     assert_eq!(node_worker_pids(&rig.node), workers);
