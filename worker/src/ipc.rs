@@ -119,6 +119,22 @@ async fn reconnect(config: &WorkerConfig, token: &str, wait: Duration) -> Result
     }
 }
 
+/// Moves the serving loop to the next gateway's connection, once [`reconnect`] made it: its
+/// reader, its settings, and its writer for the writer task. False when the writer task is gone.
+async fn switch(
+    connected: Result<(Reader, Writer, WorkerSettings), IpcError>,
+    reader: &mut Reader,
+    net: &Net,
+    settings: &RwLock<Settings>,
+    next_writer: &mpsc::Sender<Writer>,
+) -> Result<bool, IpcError> {
+    let (next_reader, writer, next_settings) = connected?;
+    *reader = next_reader;
+    net.configure(&next_settings);
+    settings.write().unwrap_or_else(|e| e.into_inner()).ipc = next_settings;
+    Ok(next_writer.send(writer).await.is_ok())
+}
+
 /// The whole serving loop over a connected stream: hello, settings, then requests until the
 /// gateway says stop or goes away. Any stream will do, so tests can run a worker in-process over
 /// a socket pair (the in-process tier) as well as the real binary. A handover moves the loop to
@@ -248,33 +264,24 @@ where
                     break Ok(());
                 }
                 token = next;
-                let (next_reader, writer, s) = match reconnect(config, &token, HANDOVER_WAIT.max(config.orphan_wait)).await {
-                    Ok(c) => c,
+                match switch(reconnect(config, &token, HANDOVER_WAIT.max(config.orphan_wait)).await, &mut reader, &net, &settings, &next_writer).await {
+                    Ok(true) => {
+                        info!(worker_id = config.worker_id, "connected to the new gateway");
+                    }
+                    Ok(false) => break Ok(()),
                     Err(e) => break Err(e),
-                };
-                reader = next_reader;
-                net.configure(&s);
-                settings.write().unwrap_or_else(|e| e.into_inner()).ipc = s;
-                if next_writer.send(writer).await.is_err() {
-                    break Ok(());
                 }
-                info!(worker_id = config.worker_id, "connected to the new gateway");
             }
             Ok(Some(ToWorker::Hello(_))) => debug!("ignoring a second hello"),
             // The gateway is gone without a handover (killed, crashed): play on for a while if
             // the next one may adopt us, else there is nothing to serve any more.
             Ok(None) | Err(FrameError::Io(_) | FrameError::Truncated { .. }) if !config.orphan_wait.is_zero() => {
                 warn!(wait_ms = config.orphan_wait.as_millis() as u64, "the gateway is gone; playing on, waiting for the next one");
-                match reconnect(config, &token, config.orphan_wait).await {
-                    Ok((next_reader, writer, s)) => {
-                        reader = next_reader;
-                        net.configure(&s);
-                        settings.write().unwrap_or_else(|e| e.into_inner()).ipc = s;
-                        if next_writer.send(writer).await.is_err() {
-                            break Ok(());
-                        }
+                match switch(reconnect(config, &token, config.orphan_wait).await, &mut reader, &net, &settings, &next_writer).await {
+                    Ok(true) => {
                         info!(worker_id = config.worker_id, "adopted by the next gateway");
                     }
+                    Ok(false) => break Ok(()),
                     Err(e) => {
                         warn!(error = %e, "no gateway came back; stopping");
                         break Ok(());
