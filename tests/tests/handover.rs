@@ -405,3 +405,42 @@ fn a_new_build_adopts_the_previous_builds_workers_and_retires_them_as_they_empty
     assert!(fresh[0].wait_packets(fresh[0].packets() + 25, Duration::from_secs(5)), "the new build's player plays on");
     drop(successor);
 }
+
+#[test]
+fn a_bot_on_lavalink_client_resumes_across_a_handover() {
+    use std::io::BufRead;
+    let mut rig = rig(1);
+    let guild = 9801u64;
+    rig.media.route("/bot.wav", Route::file(caldera_tests::audio::sine_wav(440.0, 8.0, 48_000, 2, 0.5), "audio/wav"));
+    let addr = rig.node.addr.unwrap();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("node");
+    let mut bot = std::process::Command::new("node")
+        .arg(dir.join("handover.mjs"))
+        .args([addr.ip().to_string(), addr.port().to_string(), caldera_tests::PASSWORD.into(), rig.media.url("/bot.wav"), rig.voice.endpoint(), guild.to_string()])
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("node (scripts/setup.sh installs the npm packages)");
+    let mut lines = std::io::BufReader::new(bot.stdout.take().unwrap()).lines();
+    let marker = lines.next().and_then(Result::ok);
+    assert_eq!(marker.as_deref(), Some("HANDOVER"), "the bot did not get to play");
+    rig.node.signal(Signal::SIGUSR2);
+    let line = rig.node.logs.wait_for("handed over to the new gateway", Duration::from_secs(30)).expect("no handover");
+    let _successor = Successor(line.split("pid=").nth(1).and_then(|p| p.split_whitespace().next()).and_then(|p| p.parse().ok()).expect("pid"));
+    assert!(rig.node.wait_exit(Duration::from_secs(10)).is_some());
+    let report = lines.map_while(Result::ok).last().expect("the bot's report");
+    assert!(bot.wait().unwrap().success(), "the bot failed: {report}");
+    println!("the bot saw: {report}");
+    let seen: Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(seen["closeCode"], 1001, "{seen}");
+    assert_eq!(seen["sameSession"], true, "{seen}");
+    assert_eq!(seen["resumed"], true, "{seen}");
+    assert_eq!(seen["endReason"], "finished", "the track played on to its end: {seen}");
+    let starts = seen["seen"].as_array().unwrap().iter().filter(|e| e["event"] == "trackStart").count();
+    assert_eq!(starts, 1, "the track did not start again: {seen}");
+    let conns = rig.voice.connections(guild);
+    assert_eq!(conns.len(), 1, "the voice connection was not re-made");
+    let audio = conns[0].audio().non_silent();
+    assert!(audio.packets() >= 370, "{} of 400 frames of the 8 s track arrived", audio.packets());
+    assert!(audio.max_gap() < Duration::from_millis(200), "gap {:?}", audio.max_gap());
+}
