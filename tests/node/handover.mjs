@@ -2,45 +2,14 @@
 // prints HANDOVER when the test may signal the gateway, and reports how its session came back.
 // Usage: node handover.mjs HOST PORT PASSWORD TRACK_URL VOICE_ENDPOINT GUILD_ID
 // Prints one JSON line with what it saw; exits non-zero on failure.
-import { LavalinkManager } from "lavalink-client";
+import { makeBot, playTrack, timeout } from "./bot.mjs";
 
 const [host, port, password, url, endpoint, guildId] = process.argv.slice(2);
-const USER_ID = "170000000000000004";
-const CHANNEL_ID = "900000000000000004";
-const seen = [];
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const timeout = (p, ms, what) => Promise.race([p, sleep(ms).then(() => { throw new Error(`timed out: ${what}`); })]);
-
-const manager = new LavalinkManager({
-  nodes: [{ authorization: password, host, port: Number(port), id: "caldera", retryAmount: 20, retryDelay: 250 }],
-  sendToShard: () => {},
-  client: { id: USER_ID, username: "caldera-handover" },
-  autoSkip: false,
-  playerOptions: { onEmptyQueue: { destroyAfterMs: -1 } },
-});
-const once = (event, pred = () => true) => new Promise((resolve) => {
-  const f = (...args) => { if (pred(...args)) { manager.off(event, f); resolve(args); } };
-  manager.on(event, f);
-});
-for (const e of ["trackStart", "trackEnd", "queueEnd", "trackError", "trackStuck", "playerSocketClosed"]) {
-  manager.on(e, (_player, track, payload) => seen.push({ event: e, title: track?.info?.title ?? null, reason: payload?.reason ?? null }));
-}
+const bot = makeBot({ host, port, password, userId: "170000000000000004", username: "caldera-handover", retryAmount: 20, retryDelay: 250 });
+const { manager, seen, once } = bot;
 
 try {
-  const ready = new Promise((resolve) => manager.nodeManager.on("connect", resolve));
-  await manager.init({ id: USER_ID, username: "caldera-handover" });
-  await timeout(ready, 10000, "node connect");
-  const node = manager.nodeManager.nodes.get("caldera");
-  const player = manager.createPlayer({ guildId, voiceChannelId: CHANNEL_ID, volume: 100 });
-  await player.connect();
-  await manager.sendRawData({ t: "VOICE_STATE_UPDATE", d: { guild_id: guildId, user_id: USER_ID, session_id: "handover-voice-session", channel_id: CHANNEL_ID } });
-  await manager.sendRawData({ t: "VOICE_SERVER_UPDATE", d: { guild_id: guildId, token: "handover-token", endpoint } });
-  const res = await player.search({ query: url, source: "http" }, { id: "requester" });
-  if (!res.tracks.length) throw new Error(`search found nothing: ${JSON.stringify(res.loadType)}`);
-  await player.queue.add(res.tracks[0]);
-  const started = once("trackStart");
-  await player.play();
-  await timeout(started, 10000, "trackStart");
+  const { node, player } = await playTrack(bot, { guildId, channelId: "900000000000000004", url, endpoint, voice: "handover" });
   // Resuming on, the session id kept as bots persist it.
   await node.updateSession(true, 30);
   const sessionId = node.sessionId;
