@@ -94,6 +94,34 @@ struct WorkerRecord {
     build_id: String,
 }
 
+impl Snapshot {
+    /// The node as the next gateway takes it, with these workers (the state file gives no
+    /// uptime: a crash restarts the node).
+    fn of(node: &Node, workers: Vec<WorkerRecord>, uptime_ms: u64) -> Self {
+        Self {
+            from_pid: std::process::id(),
+            runtime_dir: node.supervisor.ipc_endpoint().0.to_path_buf(),
+            workers,
+            sessions: node.sessions.record(),
+            players: node.players.record(),
+            failing: node.supervisor.route_planner().map(|p| p.failing_marks()).unwrap_or_default(),
+            uptime_ms,
+        }
+    }
+}
+
+impl WorkerRecord {
+    /// `worker`, its evidence pipe (if any) being descriptor `evidence` of those sent.
+    fn of(HandedWorker { id, adopted }: HandedWorker, evidence: Option<usize>) -> Self {
+        Self { id, pid: adopted.pid, token: adopted.token, evidence, build_id: adopted.build_id }
+    }
+
+    /// The worker to adopt, with its evidence pipe as received.
+    fn adopt(self, evidence: Option<OwnedFd>) -> HandedWorker {
+        HandedWorker { id: self.id, adopted: Adopted { pid: self.pid, token: self.token, evidence, build_id: self.build_id } }
+    }
+}
+
 /// Descriptors sent before the workers' pipes.
 const TCP_FD: usize = 0;
 const IPC_FD: usize = 1;
@@ -115,31 +143,22 @@ pub async fn hand_over(node: &Arc<Node>, tcp: &OwnedFd, close_clients: impl Futu
     close_clients.await;
     let handed = node.supervisor.hand_over(WORKERS_TIMEOUT).await;
     node.supervisor.barrier().await;
-    let (runtime_dir, ipc) = node.supervisor.ipc_endpoint();
     let mut fds: Vec<OwnedFd> = Vec::with_capacity(2 + handed.len());
     let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| (HandoverError::Channel(e), true));
     fds.push(dup(tcp)?);
-    fds.push(dup(ipc)?);
+    fds.push(dup(node.supervisor.ipc_endpoint().1)?);
     let workers = handed
         .into_iter()
-        .map(|HandedWorker { id, adopted }| {
+        .map(|mut worker| {
             // Past the descriptors one message carries, a worker goes without its pipe.
-            let evidence = adopted.evidence.filter(|_| fds.len() < MAX_FDS).map(|fd| {
+            let evidence = worker.adopted.evidence.take().filter(|_| fds.len() < MAX_FDS).map(|fd| {
                 fds.push(fd);
                 fds.len() - 1
             });
-            WorkerRecord { id, pid: adopted.pid, token: adopted.token, evidence, build_id: adopted.build_id }
+            WorkerRecord::of(worker, evidence)
         })
         .collect();
-    let snapshot = Snapshot {
-        from_pid: std::process::id(),
-        runtime_dir: runtime_dir.to_path_buf(),
-        workers,
-        sessions: node.sessions.record(),
-        players: node.players.record(),
-        failing: failing_marks(node),
-        uptime_ms: node.stats.uptime_ms(),
-    };
+    let snapshot = Snapshot::of(node, workers, node.stats.uptime_ms());
     info!(workers = snapshot.workers.len(), sessions = snapshot.sessions.sessions.len(), players = snapshot.players.players.len(), "sending the snapshot");
     tokio::task::spawn_blocking(move || successor.finish(&snapshot, &fds))
         .await
@@ -215,10 +234,6 @@ impl Successor {
     }
 }
 
-fn failing_marks(node: &Node) -> Vec<(std::net::IpAddr, u64)> {
-    node.supervisor.route_planner().map(|p| p.failing_marks()).unwrap_or_default()
-}
-
 /// What the new gateway takes over.
 pub struct Inheritance {
     pub adoption: Adoption,
@@ -268,7 +283,7 @@ impl Inheritance {
         let mut workers = Vec::with_capacity(snapshot.workers.len());
         for w in snapshot.workers {
             let evidence = w.evidence.map(&mut take).transpose()?;
-            workers.push(HandedWorker { id: w.id, adopted: Adopted { pid: w.pid, token: w.token, evidence, build_id: w.build_id } });
+            workers.push(w.adopt(evidence));
         }
         info!(from = snapshot.from_pid, workers = workers.len(), sessions = snapshot.sessions.sessions.len(), players = snapshot.players.players.len(), "taking over from the previous gateway");
         Ok(Some(Self {
@@ -329,20 +344,8 @@ pub async fn persist(node: Arc<Node>) {
     let mut tick = tokio::time::interval(PERSIST_EVERY);
     loop {
         tick.tick().await;
-        let snapshot = Snapshot {
-            from_pid: std::process::id(),
-            runtime_dir: dir.to_path_buf(),
-            workers: node
-                .supervisor
-                .adoptable()
-                .into_iter()
-                .map(|w| WorkerRecord { id: w.id, pid: w.adopted.pid, token: w.adopted.token, evidence: None, build_id: w.adopted.build_id })
-                .collect(),
-            sessions: node.sessions.record(),
-            players: node.players.record(),
-            failing: failing_marks(&node),
-            uptime_ms: 0,
-        };
+        let workers = node.supervisor.adoptable().into_iter().map(|w| WorkerRecord::of(w, None)).collect();
+        let snapshot = Snapshot::of(&node, workers, 0);
         let Ok(json) = serde_json::to_vec(&snapshot) else { continue };
         if json == last {
             continue;
@@ -378,7 +381,7 @@ pub fn recover(base: &std::path::Path) -> Option<Inheritance> {
         .workers
         .into_iter()
         .filter(|w| is_worker(w.pid))
-        .map(|w| HandedWorker { id: w.id, adopted: Adopted { pid: w.pid, token: w.token, evidence: None, build_id: w.build_id } })
+        .map(|w| w.adopt(None))
         .collect();
     if workers.is_empty() {
         return None;

@@ -5,7 +5,7 @@
 use caldera_tests::client::Session;
 use caldera_tests::http_server::Route;
 use caldera_tests::media::tone;
-use caldera_tests::procfs;
+use caldera_tests::procfs::{self, alive};
 use caldera_tests::rig::rig;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -28,9 +28,6 @@ impl Drop for Successor {
     }
 }
 
-fn alive(pid: u32) -> bool {
-    procfs::stat(pid).is_some_and(|(_, state, _)| state != 'Z' && state != 'X')
-}
 
 #[test]
 fn sigusr2_hands_over_to_a_new_gateway_while_every_guild_plays() {
