@@ -1,6 +1,6 @@
 //! Per-frame cost of one player's audio path, by stage: decode (symphonia, through the worker's
 //! own container detection and reader), resample 44.1 → 48 kHz (rubato, as the decoder thread
-//! does), Opus encode (libopus via opus2, as songbird does: 48 kHz stereo, Audio, 128 kbit/s).
+//! does), Opus encode (libopus via opus2, as the worker does: 48 kHz stereo, Audio).
 //!
 //!   cargo bench -p caldera-worker --bench frame_cost
 //!
@@ -68,12 +68,12 @@ fn main() {
     }
     let resample_ns = t.elapsed().as_nanos() as f64 / (out_frames as f64 / FRAME as f64);
 
-    // Encode, as the worker does (CELT only, 128 kbit/s), at three complexities, and with the
-    // general "audio" application for comparison.
+    // Encode at three complexities: the general "audio" application (as the worker) and CELT
+    // only, at 128 kbit/s (songbird's default) and at libopus's automatic bitrate (lavaplayer's).
     let frames: Vec<&[f32]> = out48.chunks_exact(FRAME * 2).collect();
-    let encode = |application, complexity| {
+    let encode = |application, complexity, bitrate| {
         let mut enc = opus2::Encoder::new(48_000, opus2::Channels::Stereo, application).expect("encoder");
-        enc.set_bitrate(opus2::Bitrate::Bits(128_000)).expect("bitrate");
+        enc.set_bitrate(bitrate).expect("bitrate");
         enc.set_complexity(complexity).expect("complexity");
         let mut packet = vec![0u8; 4000];
         let t = Instant::now();
@@ -86,10 +86,12 @@ fn main() {
         }
         t.elapsed().as_nanos() as f64 / encoded as f64
     };
-    let encode_ns = encode(opus2::Application::Audio, 10);
+    let encode_ns = encode(opus2::Application::Audio, 10, opus2::Bitrate::Auto);
     for (name, app) in [("audio", opus2::Application::Audio), ("celt only", opus2::Application::LowDelay)] {
-        for c in [0, 5, 10] {
-            println!("  opus encode, {name}, complexity {c:>2}: {:>6.1} us", encode(app, c) / 1000.0);
+        for (rate, bitrate) in [("auto", opus2::Bitrate::Auto), ("128k", opus2::Bitrate::Bits(128_000))] {
+            for c in [0, 5, 10] {
+                println!("  opus encode, {name}, {rate}, complexity {c:>2}: {:>6.1} us", encode(app, c, bitrate) / 1000.0);
+            }
         }
     }
 
