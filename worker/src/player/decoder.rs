@@ -14,6 +14,7 @@ use crate::sources::{self, LoadFailure};
 use caldera_protocol::evidence::Culprit;
 use caldera_protocol::{ResamplingQuality, TrackData, TrackException};
 use rubato::{FastFixedIn, FftFixedIn, PolynomialDegree, Resampler};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::borrow::Cow;
 use symphonia::core::audio::{AudioBuffer, AudioBufferRef, Signal};
@@ -25,6 +26,9 @@ use tokio::sync::mpsc::UnboundedSender;
 
 /// Consecutive undecodable packets tolerated before the track is given up.
 const MAX_BAD_PACKETS: u32 = 50;
+/// Frames one write to the buffer usually holds at most: a resampler chunk, or a packet of a
+/// 48 kHz source (a larger one makes the buffer grow, which is only memory).
+const MAX_WRITE_FRAMES: usize = 4096;
 
 /// A track's decoding, run by the pool.
 pub struct TrackDecoder {
@@ -47,7 +51,12 @@ impl TrackDecoder {
         {
             let mut st = self.buffer.lock();
             st.capacity_frames = capacity_frames;
-            st.content = if decoding.decoder.is_none() { Content::Opus(Default::default()) } else { Content::Pcm(Default::default()) };
+            // Room for the capacity and one more write (the decoder stops once it is reached), so
+            // the buffer never grows by doubling.
+            st.content = match decoding.decoder {
+                None => Content::Opus(Default::default()),
+                Some(_) => Content::Pcm(VecDeque::with_capacity((capacity_frames + MAX_WRITE_FRAMES) * CHANNELS)),
+            };
         }
         *self.state.lock().unwrap_or_else(|e| e.into_inner()) = Some(decoding);
     }
