@@ -225,8 +225,8 @@ fn a_worker_dying_mid_probe_gives_a_fault_and_the_node_recovers() {
     let res = pending.join().unwrap();
     assert_eq!(res["loadType"], "error", "{res}");
     assert_eq!(res["data"]["severity"], "fault");
-    // A replacement worker loads again.
-    node.wait_workers(1, Duration::from_secs(10));
+    // A replacement worker loads again (the killed one can still be listed while it exits).
+    eventually(Duration::from_secs(15), "a replacement worker", || (node.wait_workers(1, Duration::from_secs(15)) != [worker]).then_some(()));
     server.route("/ok.mp3", Route::file(fixture_bytes("sine440.mp3"), "audio/mpeg"));
     loaded_track(&node, &server.url("/ok.mp3"));
 }
