@@ -8,6 +8,7 @@ pub mod http_server;
 pub mod media;
 pub mod procfs;
 pub mod rig;
+pub mod systemd;
 pub mod voice;
 
 use std::io::{BufRead, BufReader};

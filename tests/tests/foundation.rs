@@ -1,6 +1,7 @@
 //! Foundation, end to end: the real gateway with real worker processes (issue: foundation).
 
 use caldera_protocol::{frame, ToGateway, WorkerHello, MAX_FRAME_LEN};
+use caldera_tests::systemd::NotifySocket;
 use caldera_tests::{bin, eventually, procfs, Node, NodeOptions, PASSWORD};
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -287,35 +288,23 @@ fn check_config_validates_files() {
 #[test]
 fn systemd_notify_ready_watchdog_and_stopping() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("notify.sock");
-    let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
-    socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let notify = NotifySocket::bind(dir.path());
     let mut node = Node::start_with(NodeOptions {
         workers: 2,
-        env: vec![("NOTIFY_SOCKET".into(), path.display().to_string()), ("WATCHDOG_USEC".into(), "200000".into())],
+        env: vec![notify.env(), ("WATCHDOG_USEC".into(), "200000".into())],
         wait_listening: false,
         ..Default::default()
     });
-    let recv = || {
-        let mut buf = [0u8; 1024];
-        socket.recv(&mut buf).ok().map(|n| String::from_utf8_lossy(&buf[..n]).to_string())
-    };
-    let ready = eventually(Duration::from_secs(30), "READY=1", || recv().filter(|m| m.contains("READY=1")));
+    let ready = notify.wait_for("READY=1", Duration::from_secs(30));
     // READY only once both workers said hello and the listener is up: its status line carries
     // what the gateway saw at that moment.
     assert!(ready.contains("STATUS=serving on 127.0.0.1:") && ready.contains("with 2 of 2 workers"), "{ready}");
     assert!(node.logs.wait_count("worker ready pid=", 2, Duration::from_secs(5)));
     // Watchdog pings at half of WATCHDOG_USEC (every 100 ms).
-    let t0 = Instant::now();
-    let mut pings = 0;
-    while t0.elapsed() < Duration::from_secs(1) {
-        if recv().is_some_and(|m| m.contains("WATCHDOG=1")) {
-            pings += 1;
-        }
-    }
+    let pings = notify.count_during("WATCHDOG=1", Duration::from_secs(1));
     assert!((6..=14).contains(&pings), "{pings} watchdog pings in 1 s");
     node.signal(Signal::SIGTERM);
-    eventually(Duration::from_secs(10), "STOPPING=1", || recv().filter(|m| m.contains("STOPPING=1")));
+    notify.wait_for("STOPPING=1", Duration::from_secs(10));
     assert!(node.wait_exit(Duration::from_secs(10)).expect("stopped").success());
 }
 

@@ -7,6 +7,7 @@ use caldera_tests::http_server::Route;
 use caldera_tests::media::tone;
 use caldera_tests::procfs::{self, alive};
 use caldera_tests::rig::rig;
+use caldera_tests::systemd::NotifySocket;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
@@ -126,24 +127,18 @@ fn a_new_gateway_that_cannot_start_leaves_the_old_one_serving() {
 #[test]
 fn under_systemd_the_new_gateway_becomes_the_main_process_and_pings_the_watchdog() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("notify.sock");
-    let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
-    socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let notify = NotifySocket::bind(dir.path());
     let voice = caldera_tests::voice::VoiceServer::start();
     let mut node = caldera_tests::Node::start_with(caldera_tests::NodeOptions {
         workers: 1,
         env: vec![
-            ("NOTIFY_SOCKET".into(), path.display().to_string()),
+            notify.env(),
             ("WATCHDOG_USEC".into(), "400000".into()),
             ("SSL_CERT_FILE".into(), voice.ca_file().display().to_string()),
         ],
         ..Default::default()
     });
-    let recv = || {
-        let mut buf = [0u8; 1024];
-        socket.recv(&mut buf).ok().map(|n| String::from_utf8_lossy(&buf[..n]).to_string())
-    };
-    caldera_tests::eventually(Duration::from_secs(30), "READY=1", || recv().filter(|m| m.contains("READY=1")));
+    notify.wait_for("READY=1", Duration::from_secs(30));
     let session = Session::connect(&node);
     let guild = 9401;
     let conn = play_through(&session, &voice, &[guild]).remove(0);
@@ -156,19 +151,13 @@ fn under_systemd_the_new_gateway_becomes_the_main_process_and_pings_the_watchdog
     let yaml = std::fs::read_to_string(&config).unwrap() + "lavalink:\n  server:\n    sources:\n      http: false\n";
     std::fs::write(&config, yaml).unwrap();
     node.signal(Signal::SIGUSR2);
-    let mainpid = caldera_tests::eventually(Duration::from_secs(30), "MAINPID=", || recv().filter(|m| m.contains("MAINPID=")));
+    let mainpid = notify.wait_for("MAINPID=", Duration::from_secs(30));
     let pid: u32 = mainpid.split("MAINPID=").nth(1).and_then(|p| p.lines().next()).and_then(|p| p.trim().parse().ok()).expect("a pid");
     let successor = Successor(pid);
     assert!(node.wait_exit(Duration::from_secs(10)).expect("the old gateway exits").success());
     assert!(alive(successor.0));
     // The new main process keeps the watchdog fed.
-    let t0 = Instant::now();
-    let mut pings = 0;
-    while t0.elapsed() < Duration::from_secs(1) {
-        if recv().is_some_and(|m| m.contains("WATCHDOG=1")) {
-            pings += 1;
-        }
-    }
+    let pings = notify.count_during("WATCHDOG=1", Duration::from_secs(1));
     assert!(pings >= 3, "{pings} watchdog pings in 1 s from the new gateway");
     assert!(!sources(&node).as_array().unwrap().contains(&json!("http")), "the configuration was read again: {}", sources(&node));
     assert!(conn.wait_packets(conn.packets() + 25, Duration::from_secs(5)));
@@ -180,12 +169,12 @@ fn under_systemd_the_new_gateway_becomes_the_main_process_and_pings_the_watchdog
 
 /// A node whose workers outlive it for `wait_ms`, in the runtime directory `runtime` (as under
 /// systemd, which also gives it a notify socket: `notify`).
-fn outliving_node(runtime: &std::path::Path, voice: &caldera_tests::voice::VoiceServer, wait_ms: u64, notify: Option<&std::path::Path>) -> caldera_tests::Node {
+fn outliving_node(runtime: &std::path::Path, voice: &caldera_tests::voice::VoiceServer, wait_ms: u64, notify: Option<&NotifySocket>) -> caldera_tests::Node {
     let mut env = vec![
         ("RUNTIME_DIRECTORY".into(), runtime.display().to_string()),
         ("SSL_CERT_FILE".into(), voice.ca_file().display().to_string()),
     ];
-    env.extend(notify.map(|n| ("NOTIFY_SOCKET".to_string(), n.display().to_string())));
+    env.extend(notify.map(NotifySocket::env));
     caldera_tests::Node::start_with(caldera_tests::NodeOptions {
         workers: 2,
         env,
@@ -233,14 +222,11 @@ fn a_gateway_killed_outright_leaves_its_workers_playing_for_the_next_one() {
     let voice = caldera_tests::voice::VoiceServer::start();
     // As systemd runs it: Restart=on-failure starts the next gateway in the same runtime
     // directory, which says READY=1 once it serves.
-    let notify_path = runtime.path().join("notify.sock");
-    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
-    notify.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let notify = NotifySocket::bind(runtime.path());
     let ready = || {
-        let mut buf = [0u8; 1024];
-        caldera_tests::eventually(Duration::from_secs(30), "READY=1", || notify.recv(&mut buf).ok().filter(|n| buf[..*n].windows(7).any(|w| w == b"READY=1")));
+        notify.wait_for("READY=1", Duration::from_secs(30));
     };
-    let mut node = outliving_node(runtime.path(), &voice, 20_000, Some(&notify_path));
+    let mut node = outliving_node(runtime.path(), &voice, 20_000, Some(&notify));
     ready();
     let session = Session::connect(&node);
     session.configure(json!({"resuming": true, "timeout": 30}));
@@ -259,7 +245,7 @@ fn a_gateway_killed_outright_leaves_its_workers_playing_for_the_next_one() {
     }
     assert!(workers.iter().all(|p| alive(*p as u32)));
 
-    let next = outliving_node(runtime.path(), &voice, 20_000, Some(&notify_path));
+    let next = outliving_node(runtime.path(), &voice, 20_000, Some(&notify));
     assert!(next.logs.wait_for("taking over the workers of a gateway that died", Duration::from_secs(5)).is_some());
     ready();
     caldera_tests::eventually(Duration::from_secs(5), "the next gateway to adopt the same workers", || (node_worker_pids(&next) == workers).then_some(()));
